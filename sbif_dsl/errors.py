@@ -1,0 +1,49 @@
+"""Every exception a user can cause, in one place, so the CLI can map them to exit codes."""
+
+
+class SbifError(Exception):
+    """Base class. `exit_code` is what the CLI returns."""
+
+    exit_code = 1
+
+
+class SpecError(SbifError):
+    """A spec that cannot be accepted: one line per problem, with file, line and field path."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class UsageError(SbifError):
+    """Bad command-line input (an unknown checkpoint step, a malformed --set)."""
+
+    exit_code = 2
+
+
+class ContractError(SbifError):
+    """User code (a `kind: python` factory) broke the model/data contract."""
+
+    exit_code = 2
+
+
+class NonFiniteError(SbifError):
+    """A sampler chain produced NaN/Inf; the stage is not stored."""
+
+    def __init__(self, chain: int, draw: int, context: str = ""):
+        self.chain, self.draw = chain, draw
+        where = f"{context}: " if context else ""
+        super().__init__(
+            f"{where}chain {chain} became non-finite at draw {draw}. "
+            "hint: use a smaller sampler.eps or a larger sampler.gamma (localization)."
+        )
+
+
+class CacheLockedError(SbifError):
+    """Another process holds the cache's write lock."""
+
+
+class MissingResultsError(SbifError):
+    """A report or query needs results that are not in the cache."""
