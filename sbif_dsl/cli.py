@@ -1,0 +1,281 @@
+"""`sbif`: the command line. Holds no logic: parses options, calls the library, maps errors to exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import click
+
+from .errors import SbifError, SpecError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _fail(msg: str, code: int) -> None:
+    click.echo(msg, err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn):
+    """User-caused errors are one clear message and an exit code, never a traceback (SBIF_DEBUG=1 shows one)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SpecError as e:
+            _fail("\n".join(f"error: {p}" for p in e.problems), EXIT_BAD_INPUT)
+        except SbifError as e:
+            if os.environ.get("SBIF_DEBUG"):
+                raise
+            _fail(f"error: {e}", e.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted: completed stages are saved; run again to resume", 130)
+
+    return wrapper
+
+
+cache_option = click.option(
+    "--cache",
+    "cache_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    envvar="SBIF_CACHE",
+    help="DuckDB cache file (default cache/sbif.duckdb; env SBIF_CACHE).",
+)
+set_option = click.option(
+    "--set", "overrides", multiple=True, metavar="FIELD=VALUE", help="Override a spec field, e.g. sampler.eps=1e-5."
+)
+
+
+def _store(cache_path):
+    from .store import Store
+
+    return Store(cache_path)
+
+
+def _session(spec_path, overrides, cache_path):
+    from .runtime import Session
+    from .spec import load_spec
+
+    return Session(load_spec(spec_path, list(overrides)), _store(cache_path))
+
+
+@click.group()
+@click.version_option(package_name="sbif_dsl")
+def main() -> None:
+    """Declarative, cached studies of stagewise Bayesian influence (BIF) over training checkpoints."""
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@set_option
+@handle_errors
+def validate(spec: Path, overrides) -> None:
+    """Check a spec: fields, types, ranges and references. Exit 2 with one line per problem."""
+    from .spec import load_spec
+
+    s = load_spec(spec, list(overrides)).study
+    click.echo(f"ok: {spec} (study {s.name!r}, {len(s.analyses)} analyses)")
+
+
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file instead of stdout.")
+def schema(out: Path | None) -> None:
+    """Print the JSON Schema of the spec format (for editors)."""
+    from .spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if out:
+        out.write_text(text + "\n")
+    else:
+        click.echo(text)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@set_option
+@cache_option
+@handle_errors
+def plan(spec: Path, overrides, cache_path) -> None:
+    """List the stages a spec needs, their content keys, and whether each is cached."""
+    from .plan import build_plan
+
+    p = build_plan(_session(spec, overrides, cache_path))
+    for s in p.stages:
+        status = "cached" if s.key in p.cached else "to run"
+        click.echo(f"{s.key[:16]}  {status:7s}  {s.kind:11s}  {s.label}")
+    click.echo(f"{len(p.stages)} stages: {len(p.stages) - len(p.missing)} cached, {len(p.missing)} to run")
+
+
+class _Progress:
+    """Per-stage lines (and a live percentage on a terminal); quiet in CI."""
+
+    def __init__(self, quiet: bool):
+        self.tty = sys.stderr.isatty() and not quiet
+        self.quiet = quiet
+        self.last = 0.0
+        self.current = ""
+
+    def stage(self, event, stage, i, n, wall) -> None:
+        if self.quiet:
+            return
+        self.current = f"[{i}/{n}] {stage.kind:11s} {stage.label}"
+        if event == "start" and self.tty:
+            click.echo(f"\r{self.current} ...", err=True, nl=False)
+        elif event == "done":
+            click.echo(f"\r{self.current}  {wall:.2f}s\033[K" if self.tty else f"{self.current}  {wall:.2f}s", err=True)
+
+    def inner(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if self.tty and now - self.last > 0.2:
+            self.last = now
+            click.echo(f"\r{self.current} {100 * done // max(total, 1):3d}%", err=True, nl=False)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@set_option
+@cache_option
+@click.option("--recompute", is_flag=True, help="Run every stage even if cached.")
+@click.option("--wait", "wait_s", default=0.0, show_default=True, help="Seconds to wait for another writer.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the summary line.")
+@handle_errors
+def run(spec: Path, overrides, cache_path, recompute: bool, wait_s: float, quiet: bool) -> None:
+    """Run the stages the cache lacks; an unchanged spec computes nothing."""
+    from .executor import execute
+    from .plan import build_plan
+
+    t0 = time.perf_counter()
+    session = _session(spec, overrides, cache_path)
+    progress = _Progress(quiet)
+    session.progress = progress.inner
+    with session.store.writer(wait_s=wait_s):
+        p = build_plan(session)
+        if not p.missing and not recompute:
+            from .executor import register_study
+
+            register_study(session, p)
+            click.echo(f"nothing to compute: all {len(p.stages)} stages cached ({time.perf_counter() - t0:.2f}s)")
+            return
+        summary = execute(session, p, recompute=recompute, report=progress.stage)
+    click.echo(
+        f"done: ran {len(summary.ran)} stages, {summary.hits} cached, in {time.perf_counter() - t0:.1f}s "
+        f"(device {session.device}); cache {session.store.db_path}"
+    )
+
+
+@main.command()
+@click.argument("sql")
+@cache_option
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Write to a file (needed for parquet).")
+@click.option("--max-rows", default=50, show_default=True, help="Rows shown by --format table.")
+@handle_errors
+def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> None:
+    """Run SQL over the views (studies, stages, checkpoints, training_curve, loss_traces, bif, llc, ...)."""
+    import duckdb
+    import polars as pl
+
+    from .store.views import VIEW_DOCS
+
+    if fmt == "parquet" and out is None:
+        raise UsageError("--format parquet needs --out FILE")
+    store = _store(cache_path)
+    with store.connect(read_only=True) as con:
+        try:
+            df = con.execute(sql).pl()
+        except duckdb.Error as e:
+            views = ", ".join(VIEW_DOCS)
+            raise UsageError(f"SQL failed: {str(e).splitlines()[0]}\nhint: views are {views}") from None
+    if fmt == "parquet":
+        df.write_parquet(out)
+    elif fmt == "csv":
+        text = df.write_csv()
+    elif fmt == "json":
+        text = json.dumps(df.to_dicts(), default=str, indent=1)
+    else:
+        with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+            text = str(df)
+    if fmt != "parquet":
+        if out:
+            out.write_text(text if text.endswith("\n") else text + "\n")
+        else:
+            click.echo(text.rstrip("\n"))
+    if out:
+        click.echo(f"wrote {len(df)} rows to {out}", err=True)
+
+
+@main.group()
+def cache() -> None:
+    """Inspect and maintain the cache."""
+
+
+@cache.command("ls")
+@cache_option
+@handle_errors
+def cache_ls(cache_path) -> None:
+    """List cached stages: key, kind, step, size, wall time, studies referencing them."""
+    store = _store(cache_path)
+    rows = store.list_stages()
+    total = 0
+    for key, kind, step, label, wall, created, size, studies in rows:
+        total += size
+        click.echo(
+            f"{key[:16]}  {kind:11s} step={'' if step is None else step!s:>6}  {size / 1024:9.1f} KiB  "
+            f"{(wall or 0):7.2f}s  {created:%Y-%m-%d %H:%M}  {studies or '(unreferenced)'}"
+        )
+    click.echo(f"{len(rows)} stages, {total / 2**20:.1f} MiB of artifacts in {store.db_path}")
+
+
+def _parse_age(text: str) -> timedelta:
+    m = re.fullmatch(r"(\d+)\s*([smhdw])", text.strip())
+    if not m:
+        raise UsageError(f"--older-than {text!r}: expected a number and a unit, e.g. 30m, 12h, 7d, 2w")
+    n, unit = int(m.group(1)), m.group(2)
+    return timedelta(**{{"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}[unit]: n})
+
+
+@cache.command("gc")
+@cache_option
+@click.option("--older-than", help="Also drop stages created longer ago than this (e.g. 7d).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be dropped.")
+@handle_errors
+def cache_gc(cache_path, older_than: str | None, dry_run: bool) -> None:
+    """Drop stages that no study's current spec references (and, optionally, old ones) and orphan files."""
+    store = _store(cache_path)
+    age = _parse_age(older_than) if older_than else None
+    with store.writer():
+        doomed = store.gc(older_than=age, dry_run=dry_run)
+    verb = "would drop" if dry_run else "dropped"
+    click.echo(f"{verb} {len(doomed)} stages")
+
+
+@cache.command("verify")
+@cache_option
+@click.option("--fix", is_flag=True, help="Drop stages whose artifact files are missing or corrupt.")
+@handle_errors
+def cache_verify(cache_path, fix: bool) -> None:
+    """Check every artifact file against its checksum."""
+    store = _store(cache_path)
+    if fix:
+        with store.writer():
+            bad = store.verify(fix=True)
+    else:
+        bad = store.verify()
+    for key in bad:
+        click.echo(f"bad: {key}")
+    click.echo(f"{len(bad)} bad stages" + (" (dropped; re-run to recompute)" if fix and bad else ""))
+    if bad and not fix:
+        sys.exit(EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    main()

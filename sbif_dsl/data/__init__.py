@@ -1,0 +1,1 @@
+"""Datasets: built-ins and the `kind: python` factory path."""

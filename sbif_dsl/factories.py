@@ -1,0 +1,41 @@
+"""Import and call user factories (`kind: python`), fingerprinting their code so edits invalidate the cache."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import ContractError
+from .hashing import file_sha256, sha256_hex
+
+
+def resolve(factory: str, base_dir: Path | None = None) -> Callable:
+    """'pkg.module:function' -> the function; the spec's folder is importable (for local modules)."""
+    module_name, _, func_name = factory.partition(":")
+    if base_dir is not None and str(base_dir) not in sys.path:
+        sys.path.insert(0, str(base_dir))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ContractError(
+            f"factory {factory!r}: cannot import module {module_name!r} ({e}); "
+            "hint: install it or put it next to the spec file"
+        ) from None
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ContractError(f"factory {factory!r}: module {module_name!r} has no callable {func_name!r}")
+    return fn
+
+
+def code_fingerprint(fn: Callable) -> str:
+    """Hash of the source file defining `fn`: anything we cannot fingerprint forces a miss, never a hit."""
+    try:
+        path = inspect.getsourcefile(fn)
+        if path and Path(path).exists():
+            return file_sha256(path)
+    except TypeError:
+        pass
+    return sha256_hex(f"unfingerprintable:{id(fn)}:{__import__('time').time_ns()}")

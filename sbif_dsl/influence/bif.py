@@ -1,0 +1,61 @@
+"""Bayesian influence from loss traces (SCIENCE.md §1). Sign convention of the papers: negative = helpful."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def _pool(traces: Tensor) -> Tensor:
+    """(chains, draws, n) -> (n, N) with N = chains·draws pooled draws, in float64 for stable covariances."""
+    c, d = traces.shape[:2]
+    return traces.reshape(c * d, -1).T.to(torch.float64)  # (n, N)
+
+
+def _cov_corr(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    """Sample Cov (ddof 1) and Pearson Corr between rows of a (n, N) and rows of b (q, N); Corr = 0 where a variance is 0."""
+    n_draws = a.shape[1]
+    ac = a - a.mean(dim=1, keepdim=True)  # (n, N)
+    bc = b - b.mean(dim=1, keepdim=True)  # (q, N)
+    cov = ac @ bc.T / (n_draws - 1)  # (n, q)
+    sa = ac.pow(2).sum(dim=1).div(n_draws - 1).sqrt()  # (n,)
+    sb = bc.pow(2).sum(dim=1).div(n_draws - 1).sqrt()  # (q,)
+    denom = sa[:, None] * sb[None, :]
+    corr = torch.where(denom > 0, cov / denom.clamp_min(torch.finfo(denom.dtype).tiny), torch.zeros_like(cov))
+    return cov, corr
+
+
+def bif_matrices(source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """BIF(i, j) = -Cov(l_i, l_j) and the normalized -Corr(l_i, l_j), chains pooled.
+
+    source: (chains, draws, n) traces of the influencing samples; target: (chains, draws, q).
+    Returns two (n, q) float64 matrices.
+    """
+    cov, corr = _cov_corr(_pool(source), _pool(target))
+    return -cov, -corr
+
+
+def loss_kernel(traces: Tensor) -> tuple[Tensor, Tensor]:
+    """Loss kernel (arXiv 2509.26537): Cov and Corr of a set's losses with themselves, positive sign."""
+    pooled = _pool(traces)
+    return _cov_corr(pooled, pooled)
+
+
+def class_bif(traces: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+    """Class × class BIF in memory linear in tokens: the block means of the token × token -Cov and -Corr.
+
+    mean_{a∈A,b∈B} Corr(l_a, l_b) = Cov(Σ_a z_a, Σ_b z_b) / (|A|·|B|)   (SCIENCE.md §1), z = standardized trace.
+    traces: (chains, draws, tokens); masks: (classes, tokens) bool. Returns (classes, classes) float64 matrices;
+    tokens with zero variance contribute 0 to the correlation sums (their Corr is defined as 0).
+    """
+    x = _pool(traces)  # (tokens, N)
+    n_draws = x.shape[1]
+    xc = x - x.mean(dim=1, keepdim=True)  # (tokens, N)
+    sd = xc.pow(2).sum(dim=1).div(n_draws - 1).sqrt()  # (tokens,)
+    z = torch.where(sd[:, None] > 0, xc / sd.clamp_min(torch.finfo(sd.dtype).tiny)[:, None], torch.zeros_like(xc))
+    m = masks.to(torch.float64)  # (classes, tokens)
+    sizes = m.sum(dim=1).clamp_min(1)  # (classes,)
+    sum_c = m @ xc  # (classes, N) per-class sums of centered traces
+    sum_z = m @ z  # (classes, N) per-class sums of standardized traces
+    norm = sizes[:, None] * sizes[None, :] * (n_draws - 1)
+    return -(sum_c @ sum_c.T) / norm, -(sum_z @ sum_z.T) / norm

@@ -1,0 +1,45 @@
+"""Spec -> ordered stages with content keys, and which of them the cache already holds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .spec.loader import hierarchy_sets, reference_problems, spec_problem
+from .stages import analyses, dataset, load, sample, train
+from .stages.base import Stage
+
+
+@dataclass
+class Plan:
+    stages: list[Stage]  # topological order: dataset, checkpoints, then per checkpoint sample + analyses
+    cached: set[str]
+
+    @property
+    def missing(self) -> list[Stage]:
+        return [s for s in self.stages if s.key not in self.cached]
+
+    def keys(self) -> list[str]:
+        return [s.key for s in self.stages]
+
+
+def _check_data_references(session) -> None:
+    """Python data reveals its query sets only when built: check observables against them now."""
+    if hierarchy_sets(session.study) is not None:
+        return
+    problems = reference_problems(session.study, set(session.dataset.sets()))
+    if problems:
+        path, msg = problems[0]
+        raise spec_problem(session.spec, path, msg)
+
+
+def build_plan(session) -> Plan:
+    _check_data_references(session)
+    study = session.study
+    ds = dataset.build(session)
+    checkpoints = train.build(session, ds.key) if study.training is not None else load.build(session, ds.key)
+    stages: list[Stage] = [ds, *checkpoints]
+    for ckpt in checkpoints:
+        smp = sample.build(session, ckpt, ds.key)
+        stages.append(smp)
+        stages.extend(analyses.build(session, a, smp) for a in study.analyses)
+    return Plan(stages=stages, cached=session.store.complete_keys([s.key for s in stages]))

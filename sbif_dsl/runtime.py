@@ -1,0 +1,165 @@
+"""Run-time context shared by stages: device, the built dataset and model, and loaded artifacts."""
+
+from __future__ import annotations
+
+import io
+import math
+import platform
+import sys
+from functools import cached_property
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from . import __version__, factories
+from .data.hierarchy import hierarchy_dataset
+from .errors import ContractError, UsageError
+from .hashing import canonical_json, sha256_hex
+from .models.deep_linear import DeepLinear
+from .spec import LoadedSpec
+from .store import Store
+from .task import Dataset, check_dataset, check_losses, check_module
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("spec says device: cuda but CUDA is not available here; hint: use device: auto")
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def tensor_digest(*tensors: Tensor) -> str:
+    """Content hash of tensors (dtype, shape and bytes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for t in tensors:
+        t = t.detach().cpu().contiguous()
+        h.update(canonical_json([str(t.dtype), list(t.shape)]).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def state_digest(state: dict[str, Tensor]) -> str:
+    names = sorted(state)
+    return sha256_hex(canonical_json(names) + tensor_digest(*[state[n] for n in names]))
+
+
+class Session:
+    """One spec on one device: builds data and models once and hands them to stages."""
+
+    def __init__(self, spec: LoadedSpec, store: Store):
+        self.spec = spec
+        self.study = spec.study
+        self.store = store
+        self.device = resolve_device(self.study.device)
+        self.dtype = getattr(torch, self.study.dtype)
+        self.memo: dict[Any, Any] = {}
+        self.progress = None  # set by the executor: callable(done, total)
+
+    # ------------------------------------------------------------------ data
+
+    @cached_property
+    def dataset(self) -> Dataset:
+        data = self.study.data
+        if data.kind == "hierarchy":
+            return hierarchy_dataset(data.branching, data.features_per_level, data.names(), data.query_sets)
+        origin = f"data factory {data.factory!r}"
+        fn = factories.resolve(data.factory, self.spec.base_dir)
+        try:
+            ds = fn(**data.options)
+        except TypeError as e:
+            raise ContractError(f"{origin} rejected options {sorted(data.options)}: {e}") from None
+        return check_dataset(ds, origin)
+
+    @cached_property
+    def dataset_digest(self) -> str:
+        parts = []
+        for name, s in sorted(self.dataset.sets().items()):
+            parts.append([name, s.names, tensor_digest(s.inputs, s.targets)])
+        loss_code = factories.code_fingerprint(self.dataset.loss) if self.study.data.kind == "python" else "builtin"
+        return sha256_hex(canonical_json([parts, loss_code]))
+
+    def on_device(self, t: Tensor) -> Tensor:
+        t = t.to(self.device)
+        return t.to(self.dtype) if t.is_floating_point() else t
+
+    # ------------------------------------------------------------------ models
+
+    def model_fingerprint(self) -> str:
+        m = self.study.model
+        if m.kind == "python":
+            return factories.code_fingerprint(factories.resolve(m.factory, self.spec.base_dir))
+        return "builtin"
+
+    def new_module(self, init_seed: int | None = None) -> nn.Module:
+        """A fresh model on the device; with init_seed, initialised deterministically from it."""
+        m = self.study.model
+        if init_seed is not None:
+            torch.manual_seed(init_seed)
+        if m.kind == "deep_linear":
+            x, y = self.dataset.train.inputs, self.dataset.train.targets
+            module = DeepLinear([x.shape[1], *m.hidden, y.shape[1]], bias=m.bias)
+            if init_seed is not None:
+                module.init_gaussian(m.init_scale, torch.Generator().manual_seed(init_seed))
+        else:
+            origin = f"model factory {m.factory!r}"
+            fn = factories.resolve(m.factory, self.spec.base_dir)
+            module = check_module(fn(self.dataset, **m.options), origin)
+        return module.to(device=self.device, dtype=self.dtype)
+
+    def loss_fn(self, module: nn.Module):
+        """Functional per-sample loss (params, inputs, targets) -> [B] | [B, T], for the sampler."""
+        buffers = dict(module.named_buffers())
+        loss = self.dataset.loss
+
+        def per_sample_loss(params: dict[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+            return loss(functional_call(module, (params, buffers), (inputs,)), targets)
+
+        return per_sample_loss
+
+    def check_loss_contract(self, module: nn.Module) -> None:
+        """Run the user's loss once on a small batch and check its shape, dtype and finiteness."""
+        s = self.dataset.train
+        n = min(4, len(s))
+        with torch.no_grad():
+            out = self.dataset.loss(module(self.on_device(s.inputs[:n])), self.on_device(s.targets[:n]))
+        origin = "Dataset.loss" if self.study.data.kind == "hierarchy" else f"loss of data factory {self.study.data.factory!r}"
+        check_losses(out, n, origin)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def load_state(self, checkpoint_key: str, path: str | None = None) -> dict[str, Tensor]:
+        """Model weights of a checkpoint: from the cache (trained) or from the user's file (loaded)."""
+        memo_key = ("state", checkpoint_key)
+        if memo_key not in self.memo:
+            file = path or self.store.artifact(checkpoint_key, "state.pt")
+            blob = torch.load(file, map_location="cpu", weights_only=True)
+            state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+            self.memo.clear() if len(self.memo) > 64 else None
+            self.memo[memo_key] = state
+        return self.memo[memo_key]
+
+    def provenance(self) -> dict:
+        return {
+            "sbif_dsl": __version__,
+            "torch": torch.__version__,
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "device": str(self.device),
+            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
+        }
+
+
+def save_blob(obj: Any, path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getvalue())
+
+
+def default_nbeta(batch: int) -> float:
+    return batch / math.log(batch) if batch > 1 else 1.0

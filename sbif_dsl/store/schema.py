@@ -1,0 +1,62 @@
+"""DuckDB tables of the cache. Result tables (r_*) carry the key of the stage that wrote them."""
+
+SCHEMA_VERSION = 1
+
+TABLES = """
+CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS stage_registry (
+    key VARCHAR PRIMARY KEY,
+    kind VARCHAR NOT NULL,
+    version INTEGER NOT NULL,
+    step BIGINT,
+    analysis VARCHAR,
+    parent VARCHAR,
+    label VARCHAR,
+    fields JSON,
+    inputs JSON,
+    provenance JSON,
+    device VARCHAR,
+    seed BIGINT,
+    wall_s DOUBLE,
+    created_at TIMESTAMP NOT NULL
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    key VARCHAR NOT NULL, name VARCHAR NOT NULL, relpath VARCHAR NOT NULL, sha256 VARCHAR NOT NULL,
+    bytes BIGINT NOT NULL, PRIMARY KEY (key, name)
+);
+CREATE TABLE IF NOT EXISTS study_registry (
+    study VARCHAR PRIMARY KEY, title VARCHAR, description VARCHAR, spec_path VARCHAR, spec_hash VARCHAR,
+    spec_yaml VARCHAR, seed BIGINT, updated_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS study_stages (study VARCHAR NOT NULL, key VARCHAR NOT NULL, PRIMARY KEY (study, key));
+CREATE TABLE IF NOT EXISTS r_samples (
+    key VARCHAR, data_set VARCHAR, sample_idx INTEGER, sample_name VARCHAR
+);
+CREATE TABLE IF NOT EXISTS r_checkpoints (
+    key VARCHAR, step BIGINT, weights_sha256 VARCHAR, source VARCHAR, lineage VARCHAR, train_loss DOUBLE
+);
+CREATE TABLE IF NOT EXISTS r_training_curve (key VARCHAR, lineage VARCHAR, step BIGINT, loss DOUBLE);
+CREATE TABLE IF NOT EXISTS r_tracked (
+    key VARCHAR, observable VARCHAR, data_set VARCHAR, sample_idx INTEGER, sample_name VARCHAR
+);
+CREATE TABLE IF NOT EXISTS r_batch_losses (key VARCHAR, chain INTEGER, draw INTEGER, loss DOUBLE);
+CREATE TABLE IF NOT EXISTS r_bif (
+    key VARCHAR, source_observable VARCHAR, source_idx INTEGER, target_observable VARCHAR, target_idx INTEGER,
+    bif_cov DOUBLE, bif_corr DOUBLE, value DOUBLE
+);
+CREATE TABLE IF NOT EXISTS r_llc (key VARCHAR, chain INTEGER, llc DOUBLE, init_loss DOUBLE, mean_loss DOUBLE);
+CREATE TABLE IF NOT EXISTS r_loss_kernel (
+    key VARCHAR, observable VARCHAR, i INTEGER, j INTEGER, cov DOUBLE, corr DOUBLE
+);
+"""
+
+RESULT_TABLES = [
+    "r_samples",
+    "r_checkpoints",
+    "r_training_curve",
+    "r_tracked",
+    "r_batch_losses",
+    "r_bif",
+    "r_llc",
+    "r_loss_kernel",
+]

@@ -1,0 +1,96 @@
+"""The stable SQL surface: views with readable columns (study, step, sample names), never internal hashes.
+
+They are TEMP views created on every connection, so they work on read-only connections and pick up the
+trace files present at query time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Each stage of a study, with the study's name; the join that scopes every other view to a study.
+_SCOPE = "study_stages ss JOIN stage_registry sr ON sr.key = ss.key"
+
+VIEWS: dict[str, str] = {
+    "studies": """
+        SELECT study, title, description, spec_path, spec_hash, spec_yaml, seed, updated_at FROM study_registry""",
+    "stages": f"""
+        SELECT ss.study, sr.key, sr.kind, sr.step, sr.analysis, sr.label, 'complete' AS status, sr.created_at,
+               sr.wall_s, sr.device, sr.seed,
+               json_extract_string(sr.provenance, '$.sbif_dsl') AS sbif_version,
+               json_extract_string(sr.provenance, '$.torch') AS torch_version,
+               json_extract_string(sr.provenance, '$.python') AS python_version
+        FROM {_SCOPE}""",
+    "checkpoints": f"""
+        SELECT ss.study, c.step, sr.key, c.weights_sha256, c.source, c.train_loss
+        FROM {_SCOPE} JOIN r_checkpoints c ON c.key = sr.key""",
+    "training_curve": f"""
+        SELECT DISTINCT ON (ss.study, t.step) ss.study, t.step, t.loss
+        FROM {_SCOPE} JOIN r_training_curve t ON t.key = sr.key
+        ORDER BY ss.study, t.step""",
+    "samples": f"""
+        SELECT ss.study, s.data_set, s.sample_idx, s.sample_name
+        FROM {_SCOPE} JOIN r_samples s ON s.key = sr.key""",
+    "batch_losses": f"""
+        SELECT ss.study, sr.step, b.chain, b.draw, b.loss
+        FROM {_SCOPE} JOIN r_batch_losses b ON b.key = sr.key""",
+    "bif": f"""
+        SELECT ss.study, sr.step, sr.analysis,
+               b.source_observable, b.source_idx, src.sample_name AS source,
+               b.target_observable, b.target_idx, tgt.sample_name AS target,
+               b.bif_cov, b.bif_corr, b.value
+        FROM {_SCOPE} JOIN r_bif b ON b.key = sr.key
+        JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.source_observable
+                          AND src.sample_idx = b.source_idx
+        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.target_observable
+                          AND tgt.sample_idx = b.target_idx""",
+    "llc": f"""
+        SELECT ss.study, sr.step, sr.analysis, l.chain, l.llc, l.init_loss, l.mean_loss
+        FROM {_SCOPE} JOIN r_llc l ON l.key = sr.key""",
+    "llc_summary": f"""
+        SELECT ss.study, sr.step, sr.analysis, avg(l.llc) AS llc_mean, stddev_samp(l.llc) AS llc_std,
+               count(*) AS chains
+        FROM {_SCOPE} JOIN r_llc l ON l.key = sr.key
+        GROUP BY ALL""",
+    "loss_kernel": f"""
+        SELECT ss.study, sr.step, sr.analysis, k.observable, k.i, a.sample_name AS a, k.j, b.sample_name AS b,
+               k.cov, k.corr
+        FROM {_SCOPE} JOIN r_loss_kernel k ON k.key = sr.key
+        JOIN r_tracked a ON a.key = sr.parent AND a.observable = k.observable AND a.sample_idx = k.i
+        JOIN r_tracked b ON b.key = sr.parent AND b.observable = k.observable AND b.sample_idx = k.j""",
+}
+
+VIEW_DOCS: dict[str, str] = {
+    "studies": "one row per study: title, spec text and hash, seed",
+    "stages": "every stage of every study: kind, checkpoint step, wall time, versions, device, seed",
+    "checkpoints": "checkpoint steps with weight hashes and the full training loss at that step",
+    "training_curve": "training loss over optimizer steps",
+    "samples": "samples of each data set (train and query sets)",
+    "batch_losses": "SGLD minibatch loss per checkpoint, chain and draw (the LLC's input)",
+    "loss_traces": "loss of every tracked sample (token position `pos`, 0 for per-sample losses) at every draw",
+    "bif": "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful)",
+    "llc": "LLC estimate per checkpoint and chain",
+    "llc_summary": "LLC mean and std over chains per checkpoint",
+    "loss_kernel": "loss kernel per checkpoint: Cov and Corr of losses (positive sign)",
+}
+
+
+def traces_view_sql(objects_dir: Path) -> str:
+    """Trace files are Parquet artifacts named objects/<kk>/<key>/traces.parquet."""
+    files = list(objects_dir.glob("*/*/traces.parquet"))
+    if not files:
+        return """SELECT NULL::VARCHAR AS study, NULL::BIGINT AS step, NULL::VARCHAR AS observable,
+                  NULL::INTEGER AS sample_idx, NULL::VARCHAR AS sample_name, NULL::INTEGER AS pos,
+                  NULL::INTEGER AS chain, NULL::INTEGER AS draw, NULL::FLOAT AS loss WHERE false"""
+    pattern = str(objects_dir / "*" / "*" / "traces.parquet").replace("'", "''")
+    return f"""
+        SELECT ss.study, sr.step, t.observable, t.sample_idx, k.sample_name, t.pos, t.chain, t.draw, t.loss
+        FROM read_parquet('{pattern}', filename = true) t
+        JOIN {_SCOPE} ON sr.key = split_part(replace(t.filename, '\\', '/'), '/', -2)
+        JOIN r_tracked k ON k.key = sr.key AND k.observable = t.observable AND k.sample_idx = t.sample_idx"""
+
+
+def create_views(con, objects_dir: Path, extra: dict[str, str] | None = None) -> None:
+    for name, sql in {**VIEWS, **(extra or {})}.items():
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW loss_traces AS {traces_view_sql(objects_dir)}")
