@@ -191,7 +191,8 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
     store = _store(cache_path)
     with store.connect(read_only=True) as con:
         try:
-            df = con.execute(sql).pl()
+            rel = con.sql(sql)
+            df = rel.pl() if rel is not None else pl.DataFrame()
         except duckdb.Error as e:
             views = ", ".join(VIEW_DOCS)
             raise UsageError(f"SQL failed: {str(e).splitlines()[0]}\nhint: views are {views}") from None
@@ -202,7 +203,10 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
     elif fmt == "json":
         text = json.dumps(df.to_dicts(), default=str, indent=1)
     else:
-        with pl.Config(tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200):
+        with pl.Config(
+            tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
+            tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+        ):
             text = str(df)
     if fmt != "parquet":
         if out:

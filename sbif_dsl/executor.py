@@ -41,12 +41,19 @@ def register_study(session, plan: Plan) -> None:
 
 def execute(session, plan: Plan, recompute: bool = False, report: Reporter | None = None) -> RunSummary:
     """Run what the cache lacks (or everything, with recompute). Call inside `store.writer()`."""
-    store = session.store
     summary = RunSummary()
     t_run = time.perf_counter()
     register_study(session, plan)
     todo = plan.stages if recompute else plan.missing
     summary.hits = len(plan.stages) - len(todo)
+    with session.thread_policy():
+        _run_stages(session, todo, summary, report)
+    summary.wall_s = time.perf_counter() - t_run
+    return summary
+
+
+def _run_stages(session, todo: list[Stage], summary: RunSummary, report: Reporter | None) -> None:
+    store = session.store
     for i, stage in enumerate(todo, 1):
         if report:
             report("start", stage, i, len(todo), None)
@@ -69,5 +76,3 @@ def execute(session, plan: Plan, recompute: bool = False, report: Reporter | Non
         summary.ran.append(stage)
         if report:
             report("done", stage, i, len(todo), wall)
-    summary.wall_s = time.perf_counter() - t_run
-    return summary

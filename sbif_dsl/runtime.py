@@ -6,6 +6,7 @@ import io
 import math
 import platform
 import sys
+from contextlib import contextmanager
 from functools import cached_property
 from typing import Any
 
@@ -21,6 +22,9 @@ from .models.deep_linear import DeepLinear
 from .spec import LoadedSpec
 from .store import Store
 from .task import Dataset, check_dataset, check_losses, check_module
+
+
+SMALL_WORKLOAD_PARAMS = 1 << 20  # chains × parameters below which CPU runs use one thread
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,6 +146,23 @@ class Session:
             self.memo.clear() if len(self.memo) > 64 else None
             self.memo[memo_key] = state
         return self.memo[memo_key]
+
+    @contextmanager
+    def thread_policy(self):
+        """Tiny models are overhead-bound: extra intra-op threads only add contention (4x slower on a busy
+        2-core CPU for the toy), so small workloads run single-threaded on CPU."""
+        if self.device.type != "cpu":
+            yield
+            return
+        n_params = sum(p.numel() for p in self.new_module().parameters())
+        small = n_params * self.study.sampler.chains < SMALL_WORKLOAD_PARAMS
+        before = torch.get_num_threads()
+        if small:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
 
     def provenance(self) -> dict:
         return {

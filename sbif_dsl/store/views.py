@@ -51,7 +51,7 @@ VIEWS: dict[str, str] = {
         SELECT ss.study, sr.step, sr.analysis, avg(l.llc) AS llc_mean, stddev_samp(l.llc) AS llc_std,
                count(*) AS chains
         FROM {_SCOPE} JOIN r_llc l ON l.key = sr.key
-        GROUP BY ALL""",
+        GROUP BY ALL ORDER BY ss.study, sr.analysis, sr.step""",
     "loss_kernel": f"""
         SELECT ss.study, sr.step, sr.analysis, k.observable, k.i, a.sample_name AS a, k.j, b.sample_name AS b,
                k.cov, k.corr

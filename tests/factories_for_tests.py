@@ -1,0 +1,39 @@
+"""User code for the `kind: python` path: a tiny linear regression, and deliberately broken variants."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sbif_dsl.task import Dataset, SampleSet
+
+
+def squared(outputs, targets):
+    return 0.5 * (outputs.squeeze(-1) - targets) ** 2  # (batch,)
+
+
+def regression(n: int = 12, d: int = 3, noise: float = 0.1, seed: int = 0) -> Dataset:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    w = torch.randn(d, generator=g)
+    y = x @ w + noise * torch.randn(n, generator=g)
+    train = SampleSet(inputs=x, targets=y, names=[f"pt{i:02d}" for i in range(n)])
+    probe = SampleSet(inputs=x[:3] * 2, targets=y[:3], names=["probe_a", "probe_b", "probe_c"])
+    return Dataset(train=train, loss=squared, queries={"probe": probe})
+
+
+def linear(dataset: Dataset, bias: bool = False) -> nn.Module:
+    return nn.Linear(dataset.train.inputs.shape[1], 1, bias=bias)
+
+
+def summed_loss(outputs, targets):
+    return squared(outputs, targets).sum()  # wrong: a scalar, not per-sample losses
+
+
+def regression_with_scalar_loss(**kw) -> Dataset:
+    ds = regression(**kw)
+    return Dataset(train=ds.train, loss=summed_loss, queries=ds.queries)
+
+
+def not_a_dataset():
+    return {"x": [1, 2, 3]}
