@@ -35,5 +35,5 @@ def regression_with_scalar_loss(**kw) -> Dataset:
     return Dataset(train=ds.train, loss=summed_loss, queries=ds.queries)
 
 
-def not_a_dataset():
+def not_a_dataset(**options):
     return {"x": [1, 2, 3]}

@@ -1,0 +1,266 @@
+"""SGLD and RMSProp-SGLD over stacked chains (SCIENCE.md §2): pure math, no I/O, no spec knowledge.
+
+The chains move together. Their parameters are one flat (chains, n_params) tensor, the gradients come from
+`torch.func.vmap` over `grad_and_value` of the mean minibatch loss, and the losses of the tracked samples are
+written at every draw into preallocated device buffers. Python only walks the schedule; the host syncs once per
+block of draws (the finiteness check), never per step.
+
+Random numbers: one `torch.Generator(seed)` on the parameters' device draws, per step and in this order, the
+per-chain epoch permutations (when an epoch starts, minibatch runs only) and the (chains, n_params) noise. They
+are drawn for all chains at once whether the chains then run vmapped or in the fallback loop, so both paths
+see the same numbers and chain c of a stacked run is the single-chain computation with chain c's noise.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from ..errors import NonFiniteError
+
+ParamLossFn = Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]
+
+_BLOCK_BYTES = 256 * 2**20  # device memory for one block of draws before it is copied to the host
+_MAX_BLOCK_DRAWS = 64  # also the cadence of the finiteness check: one host sync per block
+
+
+@dataclass(frozen=True, kw_only=True)
+class SGLDConfig:
+    """Sampler hyperparameters, named as in SCIENCE.md §2."""
+
+    method: Literal["sgld", "rmsprop_sgld"] = "sgld"
+    eps: float  # step size ε
+    gamma: float  # localization γ
+    nbeta: float  # inverse temperature nβ
+    chains: int
+    draws: int
+    burn_in: int = 0
+    steps_between_draws: int = 1
+    batch_size: int | None = None  # None = full batch
+    noise_level: float = 1.0  # σ
+    weight_decay: float = 0.0  # λ
+    rmsprop_alpha: float = 0.99
+    rmsprop_eps: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.method not in ("sgld", "rmsprop_sgld"):
+            raise ValueError(f"unknown SGLD method {self.method!r}")
+        if self.chains < 1 or self.draws < 1 or self.burn_in < 0 or self.steps_between_draws < 1:
+            raise ValueError("need chains >= 1, draws >= 1, burn_in >= 0, steps_between_draws >= 1")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1 or None (full batch)")
+
+    @property
+    def total_steps(self) -> int:
+        return self.burn_in + self.draws * self.steps_between_draws
+
+
+def sgld_step(
+    w: Tensor, grad: Tensor, w0: Tensor, cfg: SGLDConfig, noise: Tensor, v: Tensor | None = None
+) -> tuple[Tensor, Tensor | None]:
+    """One (RMSProp-)SGLD update of w (any shape); grad = ∇L_batch(w), noise ~ N(0, 1) shaped like w.
+
+    Returns (w_new, v_new): v is RMSProp's running mean of squared raw gradients (starts at 0, no bias
+    correction); plain SGLD passes it through untouched.
+    """
+    if cfg.method == "rmsprop_sgld":
+        v = torch.zeros_like(w) if v is None else v
+        v = cfg.rmsprop_alpha * v + (1 - cfg.rmsprop_alpha) * grad**2  # V ← αV + (1−α) g²
+        G = 1 / (v.sqrt() + cfg.rmsprop_eps)  # preconditioner
+    else:
+        G = 1.0
+    # Welling & Teh 2011, as devinterp implements it: Δw = -(ε/2)·G⊙[nβ∇L + γ(w−w*) + λw] + √ε·√G⊙N(0, σ²)
+    drift = cfg.nbeta * grad + cfg.gamma * (w - w0) + cfg.weight_decay * w
+    dw = -(cfg.eps / 2) * G * drift + math.sqrt(cfg.eps) * G**0.5 * (cfg.noise_level * noise)
+    return w + dw, v
+
+
+@dataclass
+class ChainResult:
+    traces: list[Tensor]  # per tracked set: (chains, draws, n_i) or (chains, draws, n_i, T), CPU
+    batch_losses: Tensor  # (chains, draws) mean minibatch loss of the step that made each draw, pre-step weights
+    init_loss: float  # mean loss over the full training set at w*
+    wall_s: float
+
+
+class _OverChains:
+    """fn vmapped over the leading chain dim of the arguments whose in_dim is 0.
+
+    Fallback: some models cannot be vmapped (in-place buffer updates, data-dependent control flow, `.item()`).
+    Then the same fn runs once per chain in a Python loop and the outputs are stacked: the same math and the
+    same random numbers (drawn for all chains before the call), only slower. The switch warns once.
+    """
+
+    def __init__(self, fn: Callable, in_dims: tuple, chains: int, vectorize: bool):
+        self.fn, self.in_dims, self.chains, self.vectorize = fn, in_dims, chains, vectorize
+        self._vmapped = vmap(fn, in_dims=in_dims)
+
+    def __call__(self, *args: Tensor):
+        if self.vectorize:
+            try:
+                return self._vmapped(*args)
+            except (RuntimeError, NotImplementedError) as err:
+                first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                warnings.warn(
+                    f"vmap over chains failed ({first_line}); running the chains one by one (same math, slower)",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self.vectorize = False
+        outs = [self.fn(*(a[c] if d == 0 else a for a, d in zip(args, self.in_dims))) for c in range(self.chains)]
+        if isinstance(outs[0], tuple):
+            return tuple(torch.stack(parts) for parts in zip(*outs))
+        return torch.stack(outs)
+
+
+def _minibatch_indices(n: int, batch: int, chains: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """Per-chain minibatches, without replacement within an epoch (each chain its own permutation, drop-last)."""
+    while True:
+        perm = torch.argsort(torch.rand((chains, n), generator=gen, device=gen.device), dim=1, stable=True)
+        for k in range(n // batch):
+            yield perm[:, k * batch : (k + 1) * batch]  # (chains, batch)
+
+
+def _first_nonfinite(batch_losses: Tensor, traces: list[Tensor]) -> tuple[int, int] | None:
+    """(chain, draw) of the earliest draw at which any chain's batch or tracked loss is non-finite; one sync."""
+    bad = ~torch.isfinite(batch_losses)  # (chains, draws)
+    for t in traces:
+        bad |= ~torch.isfinite(t).flatten(2).all(dim=2)  # (chains, draws)
+    if not bool(bad.any()):
+        return None
+    draw = int(bad.any(dim=0).nonzero()[0])
+    chain = int(bad[:, draw].nonzero()[0])
+    return chain, draw
+
+
+@torch.no_grad()
+def _mean_loss_over(loss_fn: ParamLossFn, params: dict[str, Tensor], x: Tensor, y: Tensor, batch: int) -> float:
+    """Mean over all elements of loss_fn's output for the whole set, evaluated in batches."""
+    total, count = torch.zeros((), dtype=torch.float64, device=x.device), 0
+    for s in range(0, x.shape[0], batch):
+        losses = loss_fn(params, x[s : s + batch], y[s : s + batch])
+        total += losses.to(torch.float64).sum()
+        count += losses.numel()
+    return float(total / max(count, 1))
+
+
+def run_chains(
+    loss_fn: ParamLossFn,
+    params0: dict[str, Tensor],
+    train: tuple[Tensor, Tensor],
+    tracked: list[tuple[Tensor, Tensor]],
+    cfg: SGLDConfig,
+    *,
+    seed: int,
+    eval_batch_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+    vectorize: bool = True,
+) -> ChainResult:
+    """Sample cfg.chains SGLD chains from w* = params0 and record every tracked sample's loss at every draw.
+
+    loss_fn(params, inputs, targets) -> [B] or [B, T] per-sample (per-token) losses for one set of params; the
+    minibatch loss L_batch is the mean of all its elements. Schedule: burn_in steps, then a draw after every
+    steps_between_draws steps, with the tracked losses evaluated at the post-step weights. vectorize=False forces
+    the per-chain loop (the automatic fallback when a model cannot be vmapped). Raises NonFiniteError naming the
+    first chain/draw at which a batch or tracked loss is NaN/Inf.
+    """
+    t_start = time.perf_counter()
+    if not params0:
+        raise ValueError("params0 is empty")
+    first = next(iter(params0.values()))
+    device, dtype = first.device, first.dtype
+    if any(p.device != device or p.dtype != dtype for p in params0.values()) or not dtype.is_floating_point:
+        raise ValueError("all parameters must share one floating dtype and one device")
+    names = list(params0)
+    shapes = [p.shape for p in params0.values()]
+    sizes = [p.numel() for p in params0.values()]
+
+    def unflatten(w: Tensor) -> dict[str, Tensor]:
+        return {k: t.reshape(s) for k, t, s in zip(names, w.split(sizes), shapes)}
+
+    def mean_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(unflatten(w), x, y).mean()
+
+    def losses(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return loss_fn(unflatten(w), x, y)
+
+    C, D = cfg.chains, cfg.draws
+    x_train, y_train = train
+    n_train = x_train.shape[0]
+    full_batch = cfg.batch_size is None or cfg.batch_size >= n_train
+    step_grad = _OverChains(grad_and_value(mean_loss), (0, None, None) if full_batch else (0, 0, 0), C, vectorize)
+    eval_losses = _OverChains(losses, (0, None, None), C, vectorize)
+
+    gen = torch.Generator(device=device).manual_seed(seed)
+    batches = None if full_batch else _minibatch_indices(n_train, cfg.batch_size, C, gen)
+    w0 = torch.cat([p.detach().reshape(-1) for p in params0.values()])  # (n_params,)
+    w, v = w0.expand(C, -1).clone(), None  # (chains, n_params)
+    p0 = unflatten(w0)
+    init_loss = _mean_loss_over(loss_fn, p0, x_train, y_train, eval_batch_size)
+
+    # Buffers: final ones on the host; on an accelerator, draws go to a device block first and move out per block.
+    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    with torch.no_grad():
+        tails = [tuple(loss_fn(p0, x[:1], y[:1]).shape[1:]) for x, y in tracked]  # () or (T,)
+    host_traces = [torch.empty((C, D, x.shape[0], *t), dtype=out_dtype) for (x, _), t in zip(tracked, tails)]
+    host_batch = torch.empty((C, D), dtype=out_dtype)  # (chains, draws)
+    per_draw = C * (1 + sum(math.prod(h.shape[2:]) for h in host_traces)) * host_batch.element_size()
+    block = max(1, min(D, _MAX_BLOCK_DRAWS, _BLOCK_BYTES // per_draw))
+    on_host = device.type == "cpu"
+    if not on_host:
+        dev_traces = [torch.empty((C, block, *h.shape[2:]), dtype=out_dtype, device=device) for h in host_traces]
+        dev_batch = torch.empty((C, block), dtype=out_dtype, device=device)
+    eval_slices = [
+        [(s, x[s : s + eval_batch_size], y[s : s + eval_batch_size]) for s in range(0, x.shape[0], eval_batch_size)]
+        for x, y in tracked
+    ]
+
+    total, step = cfg.total_steps, 0
+    every = max(1, total // 100)
+
+    def advance() -> Tensor:
+        """One SGLD step of every chain; returns the (chains,) minibatch loss at the pre-step weights."""
+        nonlocal w, v, step
+        if full_batch:
+            x, y = x_train, y_train
+        else:
+            idx = next(batches)  # (chains, batch)
+            x, y = x_train[idx], y_train[idx]  # (chains, batch, ...)
+        noise = torch.randn(w.shape, generator=gen, device=device, dtype=dtype)  # (chains, n_params)
+        grad, loss = step_grad(w, x, y)  # (chains, n_params), (chains,)
+        w, v = sgld_step(w, grad, w0, cfg, noise, v)
+        step += 1
+        if progress is not None and (step % every == 0 or step == total):
+            progress(step, total)
+        return loss
+
+    for _ in range(cfg.burn_in):
+        advance()
+    for d0 in range(0, D, block):
+        d1 = min(d0 + block, D)
+        blk_batch = host_batch[:, d0:d1] if on_host else dev_batch[:, : d1 - d0]  # (chains, b)
+        blk_traces = [h[:, d0:d1] for h in host_traces] if on_host else [t[:, : d1 - d0] for t in dev_traces]
+        for j in range(d1 - d0):
+            for _ in range(cfg.steps_between_draws):
+                loss = advance()
+            blk_batch[:, j] = loss
+            with torch.no_grad():
+                for buf, slices in zip(blk_traces, eval_slices):
+                    for s, xs, ys in slices:
+                        buf[:, j, s : s + xs.shape[0]] = eval_losses(w, xs, ys)  # (chains, b[, T])
+        bad = _first_nonfinite(blk_batch, blk_traces)
+        if bad is not None:
+            raise NonFiniteError(bad[0], d0 + bad[1])
+        if not on_host:
+            host_batch[:, d0:d1].copy_(blk_batch)
+            for h, t in zip(host_traces, blk_traces):
+                h[:, d0:d1].copy_(t)
+    return ChainResult(host_traces, host_batch, init_loss, time.perf_counter() - t_start)
