@@ -184,6 +184,7 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
     import duckdb
     import polars as pl
 
+    from .store import fetch_frame
     from .store.views import VIEW_DOCS
 
     if fmt == "parquet" and out is None:
@@ -191,8 +192,7 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
     store = _store(cache_path)
     with store.connect(read_only=True) as con:
         try:
-            rel = con.sql(sql)
-            df = rel.pl() if rel is not None else pl.DataFrame()
+            df = fetch_frame(con, sql)
         except duckdb.Error as e:
             views = ", ".join(VIEW_DOCS)
             raise UsageError(f"SQL failed: {str(e).splitlines()[0]}\nhint: views are {views}") from None
@@ -215,6 +215,22 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
             click.echo(text.rstrip("\n"))
     if out:
         click.echo(f"wrote {len(df)} rows to {out}", err=True)
+
+
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@set_option
+@cache_option
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), help="Default reports/STUDY.html.")
+@handle_errors
+def report(spec: Path, overrides, cache_path, out: Path | None) -> None:
+    """Render the study's cached results as one self-contained HTML file (computes nothing)."""
+    from .reporting import write_report
+    from .spec import load_spec
+
+    t0 = time.perf_counter()
+    path = write_report(load_spec(spec, list(overrides)), _store(cache_path), out)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
 
 
 @main.group()

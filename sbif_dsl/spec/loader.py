@@ -236,6 +236,32 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
             for j, m in enumerate(pair):
                 if m not in items:
                     problems.append((("report", "pairs", i, j), f"no sample {m!r}; items: {', '.join(study.data.names())}"))
+    problems.extend(section_problems(study))
+    return problems
+
+
+def section_problems(study: Study) -> list[tuple[Path_, str]]:
+    """Report sections: the SQL must run against the views and the encodings must name its columns."""
+    import duckdb
+
+    from ..store.views import VIEW_DOCS, sql_columns
+
+    problems: list[tuple[Path_, str]] = []
+    for i, sec in enumerate(study.report.sections):
+        try:
+            columns = sql_columns(sec.sql)
+        except duckdb.Error as e:
+            msg = str(e).splitlines()[0]
+            problems.append(((("report", "sections", i, "sql")), f"{msg}; views: {', '.join(VIEW_DOCS)}"))
+            continue
+        for channel in ("x", "y", "color"):
+            col = getattr(sec, channel)
+            if col is not None and col.split(":")[0] not in columns:
+                problems.append(
+                    (("report", "sections", i, channel), f"no column {col!r} in the query; columns: {', '.join(columns)}")
+                )
+        if sec.chart != "table" and (sec.x is None or sec.y is None):
+            problems.append((("report", "sections", i, "chart"), f"a {sec.chart} chart needs x and y"))
     return problems
 
 

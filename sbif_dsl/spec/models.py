@@ -243,11 +243,17 @@ def analysis_name(a: Any) -> str:
 
 
 class DetectSettings(Base):
-    """Transition detection parameters used by the report."""
+    """Transition detection parameters used by the report (see sbif_dsl.report.DetectParams)."""
 
     prominence: float = Field(default=0.2, gt=0, le=1, description="Peak prominence, relative to the curve range.")
-    min_abs: float = Field(default=0.0, ge=0, description="Ignore sign changes smaller than this.")
-    smoothing: int = Field(default=1, ge=1, le=50, description="Moving-average window (checkpoints).")
+    min_abs: float = Field(default=0.0, ge=0, description="Sign changes must leave the band ±min_abs around 0.")
+    min_rel: float = Field(default=0.05, ge=0, le=1, description="... or ±min_rel × the curve's max |value|.")
+    min_run: int = Field(default=2, ge=1, le=20, description="Checkpoints a sign must persist on each side.")
+    noise_k: float = Field(default=3.0, ge=0, description="Noise floor in robust noise sigmas (0 = off).")
+    curve_smooth: int = Field(default=1, ge=1, le=50, description="Moving average over checkpoints (1 = off).")
+    min_change: float = Field(default=0.05, ge=0, le=1, description="Changepoints: minimum change, relative.")
+    merge_decades: float = Field(default=0.1, ge=0, description="Events closer than this (decades) merge.")
+    value: Literal["bif_corr", "bif_cov"] = Field(default="bif_corr", description="Influence column to analyse.")
 
 
 class ReportSection(Base):

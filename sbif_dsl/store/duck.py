@@ -296,3 +296,11 @@ class Store:
                     self._delete_key(con, key)
                 con.execute("COMMIT")
         return bad
+
+
+def fetch_frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):
+    """Run SQL and return a Polars DataFrame (via Arrow; DuckDB 2 has no connection-level .pl())."""
+    import polars as pl
+
+    rel = con.sql(sql, params=params or None)
+    return pl.DataFrame() if rel is None else pl.from_arrow(rel.to_arrow_table())

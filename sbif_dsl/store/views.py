@@ -94,3 +94,20 @@ def create_views(con, objects_dir: Path, extra: dict[str, str] | None = None) ->
     for name, sql in {**VIEWS, **(extra or {})}.items():
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW loss_traces AS {traces_view_sql(objects_dir)}")
+
+
+def sql_columns(sql: str) -> list[str]:
+    """Columns a query over the views returns, checked against an empty in-memory schema (no cache needed).
+
+    Raises duckdb.Error with DuckDB's message when the SQL is invalid or names unknown views/columns.
+    """
+    import tempfile
+
+    import duckdb
+
+    from .schema import TABLES
+
+    with duckdb.connect(":memory:") as con, tempfile.TemporaryDirectory() as empty:
+        con.execute(TABLES)
+        create_views(con, Path(empty))
+        return [row[0] for row in con.execute(f"DESCRIBE {sql}").fetchall()]
