@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .spec.loader import hierarchy_sets, reference_problems, spec_problem
-from .stages import analyses, dataset, load, sample, train
+from .spec.models import SAMPLED_KINDS
+from .stages import analyses, dataset, lm, load, sample, tokens, train
 from .stages.base import Stage
 
 
@@ -38,8 +39,20 @@ def build_plan(session) -> Plan:
     ds = dataset.build(session)
     checkpoints = train.build(session, ds.key) if study.training is not None else load.build(session, ds.key)
     stages: list[Stage] = [ds, *checkpoints]
+    lm_kinds = {"class_bif", "token_bif", "class_loss", "induction_score"}
+    token_classes = None
+    if study.token_classes is not None or any(a.kind in ("class_bif", "class_loss") for a in study.analyses):
+        token_classes = tokens.build(session, ds.key)
+        stages.append(token_classes)
+    tokens_key = token_classes.key if token_classes else None
     for ckpt in checkpoints:
+        for a in study.analyses:
+            if a.kind not in SAMPLED_KINDS:
+                stages.append(lm.build(session, a, ckpt, tokens_key))
         smp = sample.build(session, ckpt, ds.key)
         stages.append(smp)
-        stages.extend(analyses.build(session, a, smp) for a in study.analyses)
+        for a in study.analyses:
+            if a.kind in SAMPLED_KINDS:
+                build = lm.build(session, a, smp, tokens_key) if a.kind in lm_kinds else analyses.build(session, a, smp)
+                stages.append(build)
     return Plan(stages=stages, cached=session.store.complete_keys([s.key for s in stages]))

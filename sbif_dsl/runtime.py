@@ -8,6 +8,7 @@ import platform
 import sys
 from contextlib import contextmanager
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from torch.func import functional_call
 from . import __version__, factories
 from .data.hierarchy import hierarchy_dataset
 from .errors import ContractError, UsageError
-from .hashing import canonical_json, sha256_hex
+from .hashing import canonical_json, derive_seed, sha256_hex
 from .models.deep_linear import DeepLinear
 from .spec import LoadedSpec
 from .store import Store
@@ -66,11 +67,45 @@ class Session:
 
     # ------------------------------------------------------------------ data
 
+    def resolve_path(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.spec.base_dir / p
+
+    @cached_property
+    def tokenizer(self):
+        """The tokenizer of a language study (byte-level unless the data names a local HF tokenizer)."""
+        from .tokens.tokenizer import ByteTokenizer, HFTokenizerFile
+
+        spec = getattr(self.study.data, "tokenizer", None)
+        if spec is not None and spec.kind == "hf":
+            return HFTokenizerFile(self.resolve_path(spec.path))
+        return ByteTokenizer()
+
     @cached_property
     def dataset(self) -> Dataset:
         data = self.study.data
         if data.kind == "hierarchy":
             return hierarchy_dataset(data.branching, data.features_per_level, data.names(), data.query_sets)
+        if data.kind == "synthetic_language":
+            from .data.language import make_language_dataset
+
+            try:
+                return make_language_dataset(
+                    n_train=data.n_train, n_query=data.n_query, context=data.context,
+                    seed=derive_seed(self.study.seed, "language"), **data.options(),
+                )
+            except ValueError as e:
+                raise UsageError(f"data (synthetic_language): {e}") from None
+        if data.kind == "text_files":
+            from .data.language import text_files_dataset
+
+            try:
+                return text_files_dataset(
+                    [str(self.resolve_path(p)) for p in data.paths], data.context, data.stride, self.tokenizer,
+                    query_fraction=data.query_fraction, max_windows=data.max_windows,
+                )
+            except (FileNotFoundError, ValueError) as e:
+                raise UsageError(f"data.paths: {e}") from None
         origin = f"data factory {data.factory!r}"
         fn = factories.resolve(data.factory, self.spec.base_dir)
         try:
@@ -109,6 +144,18 @@ class Session:
             module = DeepLinear([x.shape[1], *m.hidden, y.shape[1]], bias=m.bias)
             if init_seed is not None:
                 module.init_gaussian(m.init_scale, torch.Generator().manual_seed(init_seed))
+        elif m.kind == "transformer":
+            from .models.transformer import Transformer
+
+            module = Transformer(
+                vocab_size=self.tokenizer.vocab_size, n_layers=m.n_layers, n_heads=m.n_heads, d_model=m.d_model,
+                d_head=m.d_head, context=self.dataset.train.inputs.shape[1], mlp=m.mlp, d_mlp=m.d_mlp,
+                positions=m.positions, layer_norm=m.layer_norm, init_std=m.init_std,
+            )
+        elif m.kind == "hf_causal_lm":
+            from .models.hf import hf_module
+
+            module = hf_module(self.resolve_path(m.path))
         else:
             origin = f"model factory {m.factory!r}"
             fn = factories.resolve(m.factory, self.spec.base_dir)
@@ -131,7 +178,8 @@ class Session:
         n = min(4, len(s))
         with torch.no_grad():
             out = self.dataset.loss(module(self.on_device(s.inputs[:n])), self.on_device(s.targets[:n]))
-        origin = "Dataset.loss" if self.study.data.kind == "hierarchy" else f"loss of data factory {self.study.data.factory!r}"
+        data = self.study.data
+        origin = f"loss of data factory {data.factory!r}" if data.kind == "python" else f"{data.kind} loss"
         check_losses(out, n, origin)
 
     # ------------------------------------------------------------------ checkpoints
@@ -140,9 +188,14 @@ class Session:
         """Model weights of a checkpoint: from the cache (trained) or from the user's file (loaded)."""
         memo_key = ("state", checkpoint_key)
         if memo_key not in self.memo:
-            file = path or self.store.artifact(checkpoint_key, "state.pt")
-            blob = torch.load(file, map_location="cpu", weights_only=True)
-            state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+            file = Path(path) if path else self.store.artifact(checkpoint_key, "state.pt")
+            if file.is_dir():  # a Hugging Face revision folder
+                from .models.hf import hf_state
+
+                state = hf_state(file)
+            else:
+                blob = torch.load(file, map_location="cpu", weights_only=True)
+                state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
             self.memo.clear() if len(self.memo) > 64 else None
             self.memo[memo_key] = state
         return self.memo[memo_key]

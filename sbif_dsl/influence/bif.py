@@ -41,21 +41,28 @@ def loss_kernel(traces: Tensor) -> tuple[Tensor, Tensor]:
     return _cov_corr(pooled, pooled)
 
 
-def class_bif(traces: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+def class_bif(traces: Tensor, masks: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
     """Class × class BIF in memory linear in tokens: the block means of the token × token -Cov and -Corr.
 
     mean_{a∈A,b∈B} Corr(l_a, l_b) = Cov(Σ_a z_a, Σ_b z_b) / (|A|·|B|)   (SCIENCE.md §1), z = standardized trace.
-    traces: (chains, draws, tokens); masks: (classes, tokens) bool. Returns (classes, classes) float64 matrices;
-    tokens with zero variance contribute 0 to the correlation sums (their Corr is defined as 0).
+    traces: (chains, draws, tokens); masks: (classes, tokens) bool. Returns (classes, classes) float64 matrices.
+    Tokens are standardized in chunks, so the extra memory is O(draws · (classes + chunk)); tokens with zero
+    variance contribute 0 to the correlation sums (their Corr is defined as 0).
     """
-    x = _pool(traces)  # (tokens, N)
-    n_draws = x.shape[1]
-    xc = x - x.mean(dim=1, keepdim=True)  # (tokens, N)
-    sd = xc.pow(2).sum(dim=1).div(n_draws - 1).sqrt()  # (tokens,)
-    z = torch.where(sd[:, None] > 0, xc / sd.clamp_min(torch.finfo(sd.dtype).tiny)[:, None], torch.zeros_like(xc))
-    m = masks.to(torch.float64)  # (classes, tokens)
-    sizes = m.sum(dim=1).clamp_min(1)  # (classes,)
-    sum_c = m @ xc  # (classes, N) per-class sums of centered traces
-    sum_z = m @ z  # (classes, N) per-class sums of standardized traces
+    c, d = traces.shape[:2]
+    x = traces.reshape(c * d, -1)  # (N, tokens), a view
+    n_draws, n_tokens = x.shape
+    k = masks.shape[0]
+    sum_c = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)  # per-class sums of centered traces
+    sum_z = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)  # per-class sums of standardized traces
+    for s in range(0, n_tokens, chunk):
+        xb = x[:, s : s + chunk].to(torch.float64)  # (N, b)
+        xc = xb - xb.mean(dim=0, keepdim=True)  # (N, b)
+        sd = xc.pow(2).sum(dim=0).div(n_draws - 1).sqrt()  # (b,)
+        z = torch.where(sd > 0, xc / sd.clamp_min(torch.finfo(sd.dtype).tiny), torch.zeros_like(xc))  # (N, b)
+        m = masks[:, s : s + chunk].to(device=x.device, dtype=torch.float64)  # (classes, b)
+        sum_c += m @ xc.T
+        sum_z += m @ z.T
+    sizes = masks.sum(dim=1).to(device=x.device, dtype=torch.float64).clamp_min(1)  # (classes,)
     norm = sizes[:, None] * sizes[None, :] * (n_draws - 1)
     return -(sum_c @ sum_c.T) / norm, -(sum_z @ sum_z.T) / norm

@@ -219,7 +219,10 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
     for i, a in enumerate(study.analyses):
         if names.count(names[i]) > 1:
             problems.append((("analyses", i), f"duplicate analysis name {names[i]!r}; give each a distinct 'name'"))
-        refs = {"bif": ["source", "target"], "loss_kernel": ["observable"]}.get(a.kind, [])
+        refs = {
+            "bif": ["source", "target"], "loss_kernel": ["observable"], "class_bif": ["observable"],
+            "token_bif": ["observable"], "class_loss": ["observable"],
+        }.get(a.kind, [])
         for field in refs:
             value = getattr(a, field)
             if value is not None and value not in obs_names:

@@ -69,7 +69,54 @@ class PythonData(Base):
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
 
 
-Data = Annotated[HierarchyData | PythonData, Field(discriminator="kind")]
+class TokenizerSpec(Base):
+    """Built-in byte-level tokenizer, or a local Hugging Face tokenizer.json (never downloaded)."""
+
+    kind: Literal["byte", "hf"] = Field(default="byte", description="byte = UTF-8 bytes; hf = tokenizer.json file.")
+    path: str | None = Field(default=None, description="Local tokenizer.json (kind: hf), relative to the spec.")
+
+    @model_validator(mode="after")
+    def _path_for_hf(self) -> TokenizerSpec:
+        if self.kind == "hf" and not self.path:
+            raise ValueError("tokenizer kind 'hf' needs a local 'path' to tokenizer.json")
+        return self
+
+
+class SyntheticLanguageData(Base):
+    """Seeded text with known structure: Zipfian words, delimiters, code-like lines, numbers, and a random
+    span repeated in every window so that induction pays off. Byte-level tokens."""
+
+    kind: Literal["synthetic_language"] = Field(description="Built-in synthetic language.")
+    n_train: int = Field(default=4096, ge=1, le=1_000_000, description="Training windows.")
+    n_query: int = Field(default=64, ge=0, le=100_000, description="Held-out windows in the 'query' set.")
+    context: int = Field(default=64, ge=8, le=4096, description="Tokens per window.")
+    vocab_words: int = Field(default=400, ge=10, description="Lexicon size.")
+    zipf_exponent: float = Field(default=1.1, gt=0, description="Word frequency exponent.")
+    repeat_fraction: float = Field(default=1.0, ge=0, le=1, description="Fraction of windows with a repeated span.")
+    span_len: tuple[int, int] = Field(default=(8, 20), description="Min and max length of the repeated span.")
+    p_code: float = Field(default=0.3, ge=0, le=1, description="Probability of a code-like line (indentation).")
+    p_delimiter: float = Field(default=0.12, ge=0, le=1, description="Probability of a delimited group.")
+    p_number: float = Field(default=0.08, ge=0, le=1, description="Probability of a number.")
+
+    def options(self) -> dict:
+        return self.model_dump(exclude={"kind", "n_train", "n_query", "context"})
+
+
+class TextFilesData(Base):
+    """Windows over local text files (globs relative to the spec)."""
+
+    kind: Literal["text_files"] = Field(description="Local text files.")
+    paths: list[str] = Field(min_length=1, description="Files or globs, relative to the spec file.")
+    context: int = Field(default=64, ge=2, le=65536, description="Tokens per window.")
+    stride: int | None = Field(default=None, ge=1, description="Window stride (default: context).")
+    query_fraction: float = Field(default=0.1, ge=0, lt=1, description="Tail of the token stream held out as 'query'.")
+    max_windows: int | None = Field(default=None, ge=1, description="Cap on training windows.")
+    tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="How text becomes tokens.")
+
+
+Data = Annotated[
+    HierarchyData | PythonData | SyntheticLanguageData | TextFilesData, Field(discriminator="kind")
+]
 
 
 # ----------------------------------------------------------------------------- models
@@ -94,7 +141,33 @@ class PythonModel(Base):
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
 
 
-Model = Annotated[DeepLinearModel | PythonModel, Field(discriminator="kind")]
+class TransformerModel(Base):
+    """Built-in decoder-only transformer (attention-only by default: induction heads form as a clean stage)."""
+
+    kind: Literal["transformer"] = Field(description="Built-in transformer.")
+    n_layers: int = Field(default=2, ge=1, le=64, description="Layers.")
+    n_heads: int = Field(default=4, ge=1, le=128, description="Attention heads per layer.")
+    d_model: int = Field(default=64, ge=4, le=16384, description="Residual stream width.")
+    d_head: int | None = Field(default=None, ge=1, description="Head width (default d_model / n_heads).")
+    mlp: bool = Field(default=False, description="Add MLP blocks (false = attention-only).")
+    d_mlp: int | None = Field(default=None, ge=1, description="MLP width (default 4·d_model).")
+    positions: Literal["learned", "shortformer"] = Field(
+        default="shortformer", description="shortformer: positions enter queries/keys only."
+    )
+    layer_norm: bool = Field(default=True, description="Pre-LayerNorm.")
+    init_std: float = Field(default=0.02, gt=0, description="Std of the weight initialisation.")
+
+
+class HFCausalLM(Base):
+    """A Hugging Face causal LM from a LOCAL directory (config.json); checkpoints are local revision folders."""
+
+    kind: Literal["hf_causal_lm"] = Field(description="Hugging Face causal LM (optional extra: transformers).")
+    path: str = Field(description="Local folder with config.json (architecture), relative to the spec.")
+
+
+Model = Annotated[
+    DeepLinearModel | PythonModel | TransformerModel | HFCausalLM, Field(discriminator="kind")
+]
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -149,7 +222,9 @@ class Training(Base):
 class LoadedCheckpoints(Base):
     """Checkpoints loaded from local files; the step is parsed from each path."""
 
-    glob: str = Field(description="Glob of checkpoint files (state_dict .pt), relative to the spec file.")
+    glob: str = Field(
+        description="Glob of checkpoint files (state_dict .pt) or Hugging Face revision folders, relative to the spec."
+    )
     step_pattern: str = Field(
         default=r"(\d+)", description="Regex applied to the file name; its first group is the step."
     )
@@ -165,6 +240,61 @@ class LoadedCheckpoints(Base):
         except re.error as e:
             raise ValueError(f"step_pattern is not a valid regex: {e}") from None
         return v
+
+
+# ----------------------------------------------------------------------------- token classes
+
+
+class InductionRule(Base):
+    kind: Literal["induction"] = Field(description="The bigram (t[k-1], t[k]) occurred earlier in the context.")
+
+
+class RegexRule(Base):
+    kind: Literal["regex"] = Field(description="Decoded token text matches a regex (left context visible).")
+    pattern: str = Field(min_length=1, description="Python regex, searched from the token's first character.")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, v: str) -> str:
+        import re
+
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"not a valid regex: {e}") from None
+        return v
+
+
+class TokenIdsRule(Base):
+    kind: Literal["token_ids"] = Field(description="Token id in a list.")
+    ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="Token ids.")
+
+
+class PositionsRule(Base):
+    kind: Literal["positions"] = Field(description="Token at given positions of the window.")
+    positions: list[int] = Field(min_length=1, description="Positions 1..T-1 (negative: from the end).")
+
+
+class PythonRule(Base):
+    kind: Literal["python"] = Field(description="User predicate: tokens [n, T] -> bool mask [n, T].")
+    factory: str = Field(pattern=FACTORY_PATTERN, description="Import path 'package.module:function'.")
+
+
+TokenRule = Annotated[
+    InductionRule | RegexRule | TokenIdsRule | PositionsRule | PythonRule, Field(discriminator="kind")
+]
+
+
+class TokenClasses(Base):
+    """Named token classes applied to every tracked token (of the token a loss position predicts)."""
+
+    structural: Literal["default", "none"] = Field(
+        default="default",
+        description="default = built-in delimiters, formatting, punctuation, digits, word_start, word_continuation.",
+    )
+    induction: bool = Field(default=True, description="Add the 'induction' class.")
+    rules: dict[str, TokenRule] = Field(default_factory=dict, description="Extra classes by name.")
+    remainder: str = Field(default="other", pattern=NAME_PATTERN, description="Class of tokens no rule claims.")
 
 
 # ----------------------------------------------------------------------------- sampling and analyses
@@ -232,7 +362,54 @@ class LossKernelAnalysis(Base):
     observable: str = Field(default="train", description="Observable to correlate with itself.")
 
 
-Analysis = Annotated[BifAnalysis | LlcAnalysis | LossKernelAnalysis, Field(discriminator="kind")]
+class ClassBifAnalysis(Base):
+    """Token-level BIF aggregated to class × class in memory linear in tokens (SCIENCE.md §1)."""
+
+    kind: Literal["class_bif"] = Field(description="Class × class token influence.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
+    observable: str = Field(default="query", description="Observable with per-token losses.")
+
+
+class TokenBifAnalysis(Base):
+    """Token × token BIF for a slice the user names (quadratic: keep it small)."""
+
+    kind: Literal["token_bif"] = Field(description="Token × token influence over a slice.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
+    observable: str = Field(default="query", description="Observable with per-token losses.")
+    sequences: list[str] = Field(min_length=1, max_length=64, description="Sample names of the sequences.")
+    positions: list[Annotated[int, Field(ge=0)]] | None = Field(
+        default=None, max_length=4096, description="Loss positions to keep (default: all)."
+    )
+
+
+class InductionScoreAnalysis(Base):
+    """Induction score per checkpoint on repeated random token blocks (SCIENCE.md §6); needs no sampling."""
+
+    kind: Literal["induction_score"] = Field(description="Prefix-matching attention score, max over heads.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
+    seq_len: int | None = Field(default=None, ge=4, description="Two copies of a block (default: the context).")
+    n_seqs: int = Field(default=32, ge=1, le=4096, description="Random sequences.")
+
+
+class ClassLossAnalysis(Base):
+    """Mean next-token loss per token class at each checkpoint."""
+
+    kind: Literal["class_loss"] = Field(description="Per-class loss curve.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
+    observable: str = Field(default="query", description="Observable whose tokens are scored.")
+
+
+SAMPLED_KINDS = ("bif", "llc", "loss_kernel", "class_bif", "token_bif")
+Analysis = Annotated[
+    BifAnalysis
+    | LlcAnalysis
+    | LossKernelAnalysis
+    | ClassBifAnalysis
+    | TokenBifAnalysis
+    | InductionScoreAnalysis
+    | ClassLossAnalysis,
+    Field(discriminator="kind"),
+]
 
 
 def analysis_name(a: Any) -> str:
@@ -307,6 +484,9 @@ class Study(Base):
     analyses: list[Analysis] = Field(
         default_factory=lambda: [BifAnalysis(kind="bif"), LlcAnalysis(kind="llc")],
         description="Analyses per checkpoint.",
+    )
+    token_classes: TokenClasses | None = Field(
+        default=None, description="Token classes for language models (class_bif, class_loss)."
     )
     report: Report = Field(default_factory=Report, description="HTML report settings (cosmetic).")
 

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from ..errors import UsageError
-from ..hashing import file_sha256
+from ..hashing import canonical_json, file_sha256, sha256_hex
 from ..store import StageOutput
 from .base import Stage
 
@@ -34,12 +34,16 @@ def discover(session) -> list[tuple[int, Path]]:
 
 
 def _content_hash(session, path: Path) -> str:
-    """sha256 of the file, memoised in the session by (path, size, mtime)."""
-    st = path.stat()
-    memo_key = ("file_sha", str(path), st.st_size, st.st_mtime_ns)
-    if memo_key not in session.memo:
-        session.memo[memo_key] = file_sha256(path)
-    return session.memo[memo_key]
+    """sha256 of the file (or of every file of a revision folder), memoised by (path, size, mtime)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digests = []
+    for f in files:
+        st = f.stat()
+        memo_key = ("file_sha", str(f), st.st_size, st.st_mtime_ns)
+        if memo_key not in session.memo:
+            session.memo[memo_key] = file_sha256(f)
+        digests.append([str(f.relative_to(path)) if path.is_dir() else "", session.memo[memo_key]])
+    return digests[0][1] if not path.is_dir() else sha256_hex(canonical_json(digests))
 
 
 def build(session, dataset_key: str) -> list[Stage]:

@@ -48,6 +48,20 @@ CREATE TABLE IF NOT EXISTS r_llc (key VARCHAR, chain INTEGER, llc DOUBLE, init_l
 CREATE TABLE IF NOT EXISTS r_loss_kernel (
     key VARCHAR, observable VARCHAR, i INTEGER, j INTEGER, cov DOUBLE, corr DOUBLE
 );
+CREATE TABLE IF NOT EXISTS r_tokens (
+    key VARCHAR, data_set VARCHAR, sample_idx INTEGER, pos INTEGER, token_id BIGINT, token_text VARCHAR
+);
+CREATE TABLE IF NOT EXISTS r_token_classes (key VARCHAR, data_set VARCHAR, sample_idx INTEGER, pos INTEGER, class VARCHAR);
+CREATE TABLE IF NOT EXISTS r_class_bif (
+    key VARCHAR, observable VARCHAR, source_class VARCHAR, target_class VARCHAR, bif_cov DOUBLE, bif_corr DOUBLE,
+    n_source BIGINT, n_target BIGINT
+);
+CREATE TABLE IF NOT EXISTS r_token_bif (
+    key VARCHAR, observable VARCHAR, source_idx INTEGER, source_pos INTEGER, target_idx INTEGER, target_pos INTEGER,
+    bif_cov DOUBLE, bif_corr DOUBLE
+);
+CREATE TABLE IF NOT EXISTS r_induction (key VARCHAR, score DOUBLE, loss_first_copy DOUBLE, loss_second_copy DOUBLE);
+CREATE TABLE IF NOT EXISTS r_class_loss (key VARCHAR, observable VARCHAR, class VARCHAR, loss DOUBLE, n_tokens BIGINT);
 """
 
 RESULT_TABLES = [
@@ -59,4 +73,10 @@ RESULT_TABLES = [
     "r_bif",
     "r_llc",
     "r_loss_kernel",
+    "r_tokens",
+    "r_token_classes",
+    "r_class_bif",
+    "r_token_bif",
+    "r_induction",
+    "r_class_loss",
 ]

@@ -58,6 +58,32 @@ VIEWS: dict[str, str] = {
         FROM {_SCOPE} JOIN r_loss_kernel k ON k.key = sr.key
         JOIN r_tracked a ON a.key = sr.parent AND a.observable = k.observable AND a.sample_idx = k.i
         JOIN r_tracked b ON b.key = sr.parent AND b.observable = k.observable AND b.sample_idx = k.j""",
+    "tokens": f"""
+        SELECT ss.study, t.data_set, t.sample_idx, s.sample_name, t.pos, t.token_id, t.token_text,
+               list(c.class ORDER BY c.class) FILTER (c.class IS NOT NULL) AS classes
+        FROM {_SCOPE} JOIN r_tokens t ON t.key = sr.key
+        JOIN r_samples s ON s.key = json_extract_string(sr.inputs, '$[0]')
+                        AND s.data_set = t.data_set AND s.sample_idx = t.sample_idx
+        LEFT JOIN r_token_classes c ON c.key = t.key AND c.data_set = t.data_set
+                                   AND c.sample_idx = t.sample_idx AND c.pos = t.pos
+        GROUP BY ALL""",
+    "class_bif": f"""
+        SELECT ss.study, sr.step, sr.analysis, b.observable, b.source_class, b.target_class, b.bif_cov, b.bif_corr,
+               b.n_source, b.n_target
+        FROM {_SCOPE} JOIN r_class_bif b ON b.key = sr.key""",
+    "token_bif": f"""
+        SELECT ss.study, sr.step, sr.analysis, b.observable,
+               src.sample_name AS source, b.source_pos, b.target_pos, tgt.sample_name AS target,
+               b.bif_cov, b.bif_corr
+        FROM {_SCOPE} JOIN r_token_bif b ON b.key = sr.key
+        JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.observable AND src.sample_idx = b.source_idx
+        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.observable AND tgt.sample_idx = b.target_idx""",
+    "induction_score": f"""
+        SELECT ss.study, sr.step, sr.analysis, i.score, i.loss_first_copy, i.loss_second_copy
+        FROM {_SCOPE} JOIN r_induction i ON i.key = sr.key""",
+    "class_loss": f"""
+        SELECT ss.study, sr.step, sr.analysis, l.observable, l.class, l.loss, l.n_tokens
+        FROM {_SCOPE} JOIN r_class_loss l ON l.key = sr.key""",
 }
 
 VIEW_DOCS: dict[str, str] = {
@@ -72,6 +98,11 @@ VIEW_DOCS: dict[str, str] = {
     "llc": "LLC estimate per checkpoint and chain",
     "llc_summary": "LLC mean and std over chains per checkpoint",
     "loss_kernel": "loss kernel per checkpoint: Cov and Corr of losses (positive sign)",
+    "tokens": "every tracked token (pos s = the token that loss position s predicts) with its text and classes",
+    "class_bif": "class x class token influence per checkpoint: bif_cov = -Cov, bif_corr = -Corr (block means)",
+    "token_bif": "token x token influence for a named slice of sequences and positions",
+    "induction_score": "induction score (max over heads) and first/second-copy loss per checkpoint",
+    "class_loss": "mean next-token loss per token class per checkpoint",
 }
 
 

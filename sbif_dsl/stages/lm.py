@@ -1,0 +1,160 @@
+"""Language-model analyses: class × class and token × token BIF from per-token traces, and the
+checkpoint-only curves (induction score, per-class loss) that need no sampling."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+from ..influence import bif_matrices, class_bif
+from ..spec.models import analysis_name
+from ..store import StageOutput
+from . import tokens as token_stage
+from .base import Stage
+from .sample import load_traces
+
+VERSIONS = {"class_bif": 1, "token_bif": 1, "induction_score": 1, "class_loss": 1}
+
+
+def build(session, analysis, parent: Stage, tokens_key: str | None) -> Stage:
+    """parent is the sample stage (class_bif, token_bif) or the checkpoint stage (induction_score, class_loss)."""
+    name = analysis_name(analysis)
+    inputs = [parent.key] + ([tokens_key] if tokens_key and analysis.kind in ("class_bif", "class_loss") else [])
+    fields = {"analysis": analysis.model_dump(mode="json"), "name": name}
+    if analysis.kind in ("induction_score", "class_loss"):
+        fields.update(dtype=session.study.dtype, device=session.device.type, seed=session.study.seed)
+    checkpoint = parent.payload.get("checkpoint", parent)
+    return Stage(
+        kind=analysis.kind,
+        version=VERSIONS[analysis.kind],
+        fields=fields,
+        inputs=inputs,
+        run=RUNNERS[analysis.kind],
+        step=parent.step,
+        analysis=name,
+        parent=parent.key,
+        label=f"{name} at step {parent.step}",
+        payload={"analysis": analysis, "checkpoint": checkpoint},
+    )
+
+
+def _observable_set(session, observable: str) -> str:
+    data_set = next(o.data for o in session.study.observables if o.name == observable)
+    if not token_stage.is_token_set(session, data_set):
+        raise UsageError(f"observable {observable!r} does not hold token sequences; class/token analyses need a language dataset")
+    return data_set
+
+
+def run_class_bif(session, stage: Stage, out_dir: Path) -> StageOutput:
+    a = stage.payload["analysis"]
+    data_set = _observable_set(session, a.observable)
+    trace = load_traces(session, stage.parent)[a.observable]  # (chains, draws, n, T-1)
+    names, masks = token_stage.masks_for(session, data_set)  # (classes, n, T-1)
+    c, d = trace.shape[:2]
+    neg_cov, neg_corr = class_bif(trace.reshape(c, d, -1), masks.reshape(len(names), -1))  # (classes, classes)
+    sizes = masks.reshape(len(names), -1).sum(dim=1).tolist()
+    i, j = (x.ravel() for x in np.indices((len(names), len(names))))
+    return StageOutput(
+        tables={
+            "r_class_bif": {
+                "observable": [a.observable] * i.size,
+                "source_class": [names[k] for k in i], "target_class": [names[k] for k in j],
+                "bif_cov": neg_cov.numpy().ravel(), "bif_corr": neg_corr.numpy().ravel(),
+                "n_source": [sizes[k] for k in i], "n_target": [sizes[k] for k in j],
+            }
+        }
+    )
+
+
+def run_token_bif(session, stage: Stage, out_dir: Path) -> StageOutput:
+    a = stage.payload["analysis"]
+    data_set = _observable_set(session, a.observable)
+    names = session.dataset.sets()[data_set].names
+    index = {n: i for i, n in enumerate(names)}
+    missing = [s for s in a.sequences if s not in index]
+    if missing:
+        raise UsageError(f"analysis {stage.analysis!r}: no sequence {missing[0]!r} in {data_set!r} (e.g. {names[0]!r})")
+    trace = load_traces(session, stage.parent)[a.observable]  # (chains, draws, n, T-1)
+    n_pos = trace.shape[-1]
+    positions = a.positions if a.positions is not None else list(range(n_pos))
+    bad = [p for p in positions if p >= n_pos]
+    if bad:
+        raise UsageError(f"analysis {stage.analysis!r}: position {bad[0]} is outside 0..{n_pos - 1}")
+    seqs = [index[s] for s in a.sequences]
+    sl = trace[:, :, seqs][:, :, :, positions]  # (chains, draws, n_seq, n_pos)
+    c, d = sl.shape[:2]
+    neg_cov, neg_corr = bif_matrices(sl.reshape(c, d, -1), sl.reshape(c, d, -1))  # (k, k)
+    seq_idx = np.repeat(np.array(seqs, dtype=np.int32), len(positions))
+    pos_idx = np.tile(np.array(positions, dtype=np.int32), len(seqs))
+    i, j = (x.ravel() for x in np.indices(neg_cov.shape))
+    return StageOutput(
+        tables={
+            "r_token_bif": {
+                "observable": [a.observable] * i.size,
+                "source_idx": seq_idx[i], "source_pos": pos_idx[i], "target_idx": seq_idx[j], "target_pos": pos_idx[j],
+                "bif_cov": neg_cov.numpy().ravel(), "bif_corr": neg_corr.numpy().ravel(),
+            }
+        }
+    )
+
+
+def _module_at(session, checkpoint: Stage):
+    module = session.new_module()
+    module.load_state_dict(session.load_state(checkpoint.key, checkpoint.payload.get("path")))
+    return module.eval()
+
+
+def run_induction_score(session, stage: Stage, out_dir: Path) -> StageOutput:
+    from ..tokens.induction import induction_score
+
+    a = stage.payload["analysis"]
+    module = _module_at(session, stage.payload["checkpoint"])
+    context = session.dataset.train.inputs.shape[1]
+    pool = torch.unique(session.dataset.train.inputs).tolist()  # tokens seen in training
+    try:
+        res = induction_score(module, a.seq_len or context, a.n_seqs, session.tokenizer.vocab_size,
+                              seed=session.study.seed, token_pool=pool)
+    except TypeError as e:
+        raise UsageError(f"induction_score: {e}") from None
+    return StageOutput(
+        tables={
+            "r_induction": {
+                "score": [float(res["score"])], "loss_first_copy": [float(res["loss_first_copy"])],
+                "loss_second_copy": [float(res["loss_second_copy"])],
+            }
+        }
+    )
+
+
+def run_class_loss(session, stage: Stage, out_dir: Path) -> StageOutput:
+    a = stage.payload["analysis"]
+    data_set = _observable_set(session, a.observable)
+    module = _module_at(session, stage.payload["checkpoint"])
+    s = session.dataset.sets()[data_set]
+    with torch.no_grad():
+        losses = torch.cat([
+            session.dataset.loss(module(session.on_device(s.inputs[i : i + 256])), session.on_device(s.targets[i : i + 256])).cpu()
+            for i in range(0, len(s), 256)
+        ]).to(torch.float64)  # (n, T-1)
+    names, masks = token_stage.masks_for(session, data_set)  # (classes, n, T-1)
+    m = masks.to(torch.float64)
+    counts = m.sum(dim=(1, 2))
+    means = (m * losses).sum(dim=(1, 2)) / counts.clamp_min(1)
+    return StageOutput(
+        tables={
+            "r_class_loss": {
+                "observable": [a.observable] * len(names), "class": names,
+                "loss": [float(v) if c > 0 else None for v, c in zip(means, counts)],
+                "n_tokens": counts.to(torch.int64).tolist(),
+            }
+        }
+    )
+
+
+RUNNERS = {
+    "class_bif": run_class_bif, "token_bif": run_token_bif,
+    "induction_score": run_induction_score, "class_loss": run_class_loss,
+}
