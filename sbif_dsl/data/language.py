@@ -34,6 +34,7 @@ _PAIRS = ("()", "[]", "{}", '""', "''")
 _SENTENCE_END = (". ", ". ", ". ", "! ", "? ", ".\n")
 _INNER_PUNCT = (", ", ", ", "; ", ": ", " - ")
 _OPERATORS = (" = ", " + ", " * ", " == ", " < ")
+_DEFAULT_SPAN_ALPHABET = string.ascii_letters
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,7 @@ def generate_windows(
     zipf_exponent: float = 1.1,
     repeat_fraction: float = 1.0,
     span_len: tuple[int, int] = (8, 20),
-    span_alphabet: str = string.ascii_letters,
+    span_alphabet: str = _DEFAULT_SPAN_ALPHABET,
     min_gap: int = 1,
     p_code: float = 0.3,
     p_delimiter: float = 0.12,
@@ -247,6 +248,9 @@ def make_language_dataset(
         "context": context,
         "seed": seed,
         "spans": {"train": spans[:n_train], "query": spans[n_train:]},
+        # The probe for `induction_score`: spans are built from these tokens only, so the heads learn to
+        # copy them; probing with every seen token (spaces, brackets) understates the score ~2x.
+        "induction_token_pool": tok.encode(language_kwargs.get("span_alphabet", _DEFAULT_SPAN_ALPHABET)),
         "loss_positions": "position s predicts token s+1 and is attributed to it",
     }
     return Dataset(train=_token_set(rows[:n_train]), loss=next_token_loss, queries=queries, meta=meta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -11,8 +12,13 @@ from ..errors import UsageError
 
 
 def _transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # local folders only: never reach for a hub
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     except ImportError:
         raise UsageError(
             "model.kind hf_causal_lm needs the optional 'transformers' package; "
@@ -30,6 +36,12 @@ class HFCausalLMWrapper(nn.Module):
 
     def forward(self, tokens: Tensor) -> Tensor:
         return self.hf(input_ids=tokens, use_cache=False).logits
+
+    @torch.no_grad()
+    def attention_patterns(self, tokens: Tensor) -> Tensor:
+        """(layers, B, heads, T, T) attention probabilities, for the induction score."""
+        out = self.hf(input_ids=tokens, output_attentions=True, use_cache=False)
+        return torch.stack(out.attentions)
 
     @property
     def vocab_size(self) -> int:

@@ -10,7 +10,7 @@ from torch import Tensor
 def llc_per_chain(batch_losses: Tensor, init_loss: float, nbeta: float) -> Tensor:
     """λ̂ per chain: how far the tempered posterior's mean loss sits above the checkpoint's, in units of 1/nβ.
 
-    batch_losses: (chains, draws) minibatch losses of the draws. Returns (chains,); report mean and std over chains.
+    batch_losses: (chains, draws) minibatch losses of the draws. Returns (chains,); report mean and std.
     """
     # Lau et al.: λ̂(w*) = nβ · (E_p[L(w)] − L(w*))
     return nbeta * (batch_losses.mean(dim=1) - init_loss)  # (chains,)

@@ -1,14 +1,15 @@
 """SGLD and RMSProp-SGLD over stacked chains (SCIENCE.md §2): pure math, no I/O, no spec knowledge.
 
-The chains move together. Their parameters are one flat (chains, n_params) tensor, the gradients come from
-`torch.func.vmap` over `grad_and_value` of the mean minibatch loss, and the losses of the tracked samples are
-written at every draw into preallocated device buffers. Python only walks the schedule; the host syncs once per
-block of draws (the finiteness check), never per step.
+The chains move together. Their parameters are one flat (chains, n_params) tensor, the gradients come
+from `torch.func.vmap` over `grad_and_value` of the mean minibatch loss, and the losses of the tracked
+samples are written at every draw into preallocated device buffers. Python only walks the schedule; the host
+syncs once per block of draws (the finiteness check), never per step.
 
-Random numbers: one `torch.Generator(seed)` on the parameters' device draws, per step and in this order, the
-per-chain epoch permutations (when an epoch starts, minibatch runs only) and the (chains, n_params) noise. They
-are drawn for all chains at once whether the chains then run vmapped or in the fallback loop, so both paths
-see the same numbers and chain c of a stacked run is the single-chain computation with chain c's noise.
+Random numbers: one `torch.Generator(seed)` on the parameters' device draws, per step and in this order,
+the per-chain epoch permutations (when an epoch starts, minibatch runs only) and the (chains, n_params)
+noise. They are drawn for all chains at once whether the chains then run vmapped or in the fallback loop,
+so both paths see the same numbers: chain c of a stacked run is the single-chain computation with chain c's
+noise and minibatches.
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def sgld_step(
 @dataclass
 class ChainResult:
     traces: list[Tensor]  # per tracked set: (chains, draws, n_i) or (chains, draws, n_i, T), CPU
-    batch_losses: Tensor  # (chains, draws) mean minibatch loss of the step that made each draw, pre-step weights
+    batch_losses: Tensor  # (chains, draws) minibatch loss of the step that made each draw, pre-step w
     init_loss: float  # mean loss over the full training set at w*
     wall_s: float
 
@@ -110,19 +111,22 @@ class _OverChains:
             except (RuntimeError, NotImplementedError) as err:
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 warnings.warn(
-                    f"vmap over chains failed ({first_line}); running the chains one by one (same math, slower)",
+                    f"vmap over chains failed ({first_line}); running chains one by one (same math, slower)",
                     RuntimeWarning,
                     stacklevel=2,
                 )
                 self.vectorize = False
-        outs = [self.fn(*(a[c] if d == 0 else a for a, d in zip(args, self.in_dims))) for c in range(self.chains)]
+        outs = [self.fn(*self._chain_args(args, c)) for c in range(self.chains)]
         if isinstance(outs[0], tuple):
-            return tuple(torch.stack(parts) for parts in zip(*outs))
+            return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
         return torch.stack(outs)
+
+    def _chain_args(self, args: tuple[Tensor, ...], c: int) -> list[Tensor]:
+        return [a[c] if d == 0 else a for a, d in zip(args, self.in_dims, strict=True)]
 
 
 def _minibatch_indices(n: int, batch: int, chains: int, gen: torch.Generator) -> Iterator[Tensor]:
-    """Per-chain minibatches, without replacement within an epoch (each chain its own permutation, drop-last)."""
+    """Per-chain minibatches without replacement within an epoch: own permutation per chain, drop-last."""
     while True:
         perm = torch.argsort(torch.rand((chains, n), generator=gen, device=gen.device), dim=1, stable=True)
         for k in range(n // batch):
@@ -130,7 +134,7 @@ def _minibatch_indices(n: int, batch: int, chains: int, gen: torch.Generator) ->
 
 
 def _first_nonfinite(batch_losses: Tensor, traces: list[Tensor]) -> tuple[int, int] | None:
-    """(chain, draw) of the earliest draw at which any chain's batch or tracked loss is non-finite; one sync."""
+    """(chain, draw) of the earliest draw where any chain's batch or tracked loss is non-finite; one sync."""
     bad = ~torch.isfinite(batch_losses)  # (chains, draws)
     for t in traces:
         bad |= ~torch.isfinite(t).flatten(2).all(dim=2)  # (chains, draws)
@@ -142,7 +146,7 @@ def _first_nonfinite(batch_losses: Tensor, traces: list[Tensor]) -> tuple[int, i
 
 
 @torch.no_grad()
-def _mean_loss_over(loss_fn: ParamLossFn, params: dict[str, Tensor], x: Tensor, y: Tensor, batch: int) -> float:
+def _mean_loss_over(loss_fn: ParamLossFn, params: dict, x: Tensor, y: Tensor, batch: int) -> float:
     """Mean over all elements of loss_fn's output for the whole set, evaluated in batches."""
     total, count = torch.zeros((), dtype=torch.float64, device=x.device), 0
     for s in range(0, x.shape[0], batch):
@@ -166,11 +170,11 @@ def run_chains(
 ) -> ChainResult:
     """Sample cfg.chains SGLD chains from w* = params0 and record every tracked sample's loss at every draw.
 
-    loss_fn(params, inputs, targets) -> [B] or [B, T] per-sample (per-token) losses for one set of params; the
-    minibatch loss L_batch is the mean of all its elements. Schedule: burn_in steps, then a draw after every
-    steps_between_draws steps, with the tracked losses evaluated at the post-step weights. vectorize=False forces
-    the per-chain loop (the automatic fallback when a model cannot be vmapped). Raises NonFiniteError naming the
-    first chain/draw at which a batch or tracked loss is NaN/Inf.
+    loss_fn(params, inputs, targets) -> [B] or [B, T] per-sample (per-token) losses for one set of params;
+    the minibatch loss L_batch is the mean of all its elements. Schedule: burn_in steps, then a draw after
+    every steps_between_draws steps, with the tracked losses evaluated at the post-step weights.
+    vectorize=False forces the per-chain loop (the automatic fallback when a model cannot be vmapped).
+    Raises NonFiniteError naming the first chain/draw at which a batch or tracked loss is NaN/Inf.
     """
     t_start = time.perf_counter()
     if not params0:
@@ -184,7 +188,7 @@ def run_chains(
     sizes = [p.numel() for p in params0.values()]
 
     def unflatten(w: Tensor) -> dict[str, Tensor]:
-        return {k: t.reshape(s) for k, t, s in zip(names, w.split(sizes), shapes)}
+        return {k: t.reshape(s) for k, t, s in zip(names, w.split(sizes), shapes, strict=True)}
 
     def mean_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
         return loss_fn(unflatten(w), x, y).mean()
@@ -196,7 +200,8 @@ def run_chains(
     x_train, y_train = train
     n_train = x_train.shape[0]
     full_batch = cfg.batch_size is None or cfg.batch_size >= n_train
-    step_grad = _OverChains(grad_and_value(mean_loss), (0, None, None) if full_batch else (0, 0, 0), C, vectorize)
+    batch_dims = (0, None, None) if full_batch else (0, 0, 0)  # (w, inputs, targets)
+    step_grad = _OverChains(grad_and_value(mean_loss), batch_dims, C, vectorize)
     eval_losses = _OverChains(losses, (0, None, None), C, vectorize)
 
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -206,25 +211,27 @@ def run_chains(
     p0 = unflatten(w0)
     init_loss = _mean_loss_over(loss_fn, p0, x_train, y_train, eval_batch_size)
 
-    # Buffers: final ones on the host; on an accelerator, draws go to a device block first and move out per block.
+    # Final buffers live on the host; on an accelerator draws fill a device block that moves out per block.
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     with torch.no_grad():
         tails = [tuple(loss_fn(p0, x[:1], y[:1]).shape[1:]) for x, y in tracked]  # () or (T,)
-    host_traces = [torch.empty((C, D, x.shape[0], *t), dtype=out_dtype) for (x, _), t in zip(tracked, tails)]
+    host_traces = [
+        torch.empty((C, D, x.shape[0], *t), dtype=out_dtype) for (x, _), t in zip(tracked, tails, strict=True)
+    ]
     host_batch = torch.empty((C, D), dtype=out_dtype)  # (chains, draws)
     per_draw = C * (1 + sum(math.prod(h.shape[2:]) for h in host_traces)) * host_batch.element_size()
     block = max(1, min(D, _MAX_BLOCK_DRAWS, _BLOCK_BYTES // per_draw))
     on_host = device.type == "cpu"
     if not on_host:
-        dev_traces = [torch.empty((C, block, *h.shape[2:]), dtype=out_dtype, device=device) for h in host_traces]
+        dev_traces = [
+            torch.empty((C, block, *h.shape[2:]), dtype=out_dtype, device=device) for h in host_traces
+        ]
         dev_batch = torch.empty((C, block), dtype=out_dtype, device=device)
-    eval_slices = [
-        [(s, x[s : s + eval_batch_size], y[s : s + eval_batch_size]) for s in range(0, x.shape[0], eval_batch_size)]
-        for x, y in tracked
-    ]
+    eb = eval_batch_size
+    eval_slices = [[(s, x[s : s + eb], y[s : s + eb]) for s in range(0, x.shape[0], eb)] for x, y in tracked]
 
     total, step = cfg.total_steps, 0
-    every = max(1, total // 100)
+    every = max(1, math.ceil(total / 100))  # progress at most ~every 1% of steps
 
     def advance() -> Tensor:
         """One SGLD step of every chain; returns the (chains,) minibatch loss at the pre-step weights."""
@@ -253,7 +260,7 @@ def run_chains(
                 loss = advance()
             blk_batch[:, j] = loss
             with torch.no_grad():
-                for buf, slices in zip(blk_traces, eval_slices):
+                for buf, slices in zip(blk_traces, eval_slices, strict=True):
                     for s, xs, ys in slices:
                         buf[:, j, s : s + xs.shape[0]] = eval_losses(w, xs, ys)  # (chains, b[, T])
         bad = _first_nonfinite(blk_batch, blk_traces)
@@ -261,6 +268,6 @@ def run_chains(
             raise NonFiniteError(bad[0], d0 + bad[1])
         if not on_host:
             host_batch[:, d0:d1].copy_(blk_batch)
-            for h, t in zip(host_traces, blk_traces):
+            for h, t in zip(host_traces, blk_traces, strict=True):
                 h[:, d0:d1].copy_(t)
     return ChainResult(host_traces, host_batch, init_loss, time.perf_counter() - t_start)
