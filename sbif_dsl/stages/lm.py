@@ -113,7 +113,9 @@ def run_induction_score(session, stage: Stage, out_dir: Path) -> StageOutput:
     a = stage.payload["analysis"]
     module = _module_at(session, stage.payload["checkpoint"])
     context = session.dataset.train.inputs.shape[1]
-    pool = torch.unique(session.dataset.train.inputs).tolist()  # tokens seen in training
+    # The tokens induction can copy: the synthetic language's repeated spans are letters; elsewhere, every
+    # token seen in training (untrained embeddings would understate the score).
+    pool = session.dataset.meta.get("induction_token_pool") or torch.unique(session.dataset.train.inputs).tolist()
     try:
         res = induction_score(module, a.seq_len or context, a.n_seqs, session.tokenizer.vocab_size,
                               seed=session.study.seed, token_pool=pool)
