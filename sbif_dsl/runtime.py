@@ -25,7 +25,7 @@ from .store import Store
 from .task import Dataset, check_dataset, check_losses, check_module
 
 
-SMALL_WORKLOAD_PARAMS = 1 << 20  # chains × parameters below which CPU runs use one thread
+SMALL_WORKLOAD = 10_000_000  # params × chains × batch elements below which CPU runs use one thread
 
 
 def resolve_device(name: str) -> torch.device:
@@ -208,7 +208,10 @@ class Session:
             yield
             return
         n_params = sum(p.numel() for p in self.new_module().parameters())
-        small = n_params * self.study.sampler.chains < SMALL_WORKLOAD_PARAMS
+        x = self.dataset.train.inputs
+        batch = min(self.study.sampler.batch_size or len(x), len(x))
+        work = n_params * self.study.sampler.chains * batch * max(1, x[0].numel())  # ~ multiply-adds per step
+        small = work < SMALL_WORKLOAD
         before = torch.get_num_threads()
         if small:
             torch.set_num_threads(1)
