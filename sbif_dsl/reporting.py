@@ -68,5 +68,6 @@ def write_report(spec: LoadedSpec, store: Store, out: Path | None = None) -> Pat
     out.parent.mkdir(parents=True, exist_ok=True)
     return build_report(
         out, frames, study=study.name, params=params, pairs=study.report.pairs or None,
+        class_pairs=study.report.class_pairs or None,
         heatmap_steps=study.report.heatmap_steps, extra_sections=extra,
     )

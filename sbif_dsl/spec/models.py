@@ -399,6 +399,45 @@ class ClassLossAnalysis(Base):
     observable: str = Field(default="query", description="Observable whose tokens are scored.")
 
 
+class LooAnalysis(Base):
+    """Leave-one-out retraining, the ground truth for the BIF (SCIENCE.md §5): Δ_ij(t) = l_j^D(t) − l_j^{D∖i}(t).
+
+    Needs a study trained in-spec: each left-out sample i is retrained from the same initial weights with the
+    same optimizer and schedule on D∖i, once through all checkpoint steps. Negative Δ = i helps j (as the BIF).
+    """
+
+    kind: Literal["loo"] = Field(description="Leave-one-out retraining (ground truth for the BIF).")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'loo').")
+    left_out: list[str] | None = Field(
+        default=None, min_length=1, description="Training samples to leave out, by name (default: every one)."
+    )
+    target: str = Field(default="train", description="Observable whose samples' losses Δ is measured on.")
+    normalization: Literal["n", "n_minus_1"] = Field(
+        default="n",
+        description="Training loss without i. n: (1/n)·Σ_{k≠i} l_k, i's term removed and every other sample keeping "
+        "its weight 1/n: the perturbation the BIF linearizes. n_minus_1: the mean over the n−1 remaining samples, "
+        "which also raises every other weight by n/(n−1) (a larger effective learning rate: transitions come earlier).",
+    )
+
+
+class AgreementAnalysis(Base):
+    """How well a BIF analysis agrees with a LOO analysis: Pearson, Spearman and sign agreement, per checkpoint
+    and over all checkpoints (the `agreement` view). Off-diagonal pairs (i ≠ j) only by default: the self-influence
+    BIF(i, i) = −Var(l_i) < 0 and Δ_ii < 0 always agree in sign and dwarf the pairs in magnitude, so including them
+    inflates the correlation without testing any influence between different samples."""
+
+    kind: Literal["agreement"] = Field(description="BIF vs leave-one-out agreement (computed in SQL).")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'agreement').")
+    bif: str = Field(default="bif", description="Name of the bif analysis to compare.")
+    loo: str = Field(default="loo", description="Name of the loo analysis to compare.")
+    value: Literal["bif_cov", "bif_corr"] = Field(
+        default="bif_cov",
+        description="BIF column compared with Δ: -Cov (bif_cov, keeps each checkpoint's magnitude, as Δ does) or "
+        "-Corr (bif_corr).",
+    )
+    diagonal: bool = Field(default=False, description="Also compare self-influence pairs (i = j).")
+
+
 SAMPLED_KINDS = ("bif", "llc", "loss_kernel", "class_bif", "token_bif")
 Analysis = Annotated[
     BifAnalysis
@@ -407,7 +446,9 @@ Analysis = Annotated[
     | ClassBifAnalysis
     | TokenBifAnalysis
     | InductionScoreAnalysis
-    | ClassLossAnalysis,
+    | ClassLossAnalysis
+    | LooAnalysis
+    | AgreementAnalysis,
     Field(discriminator="kind"),
 ]
 
@@ -451,6 +492,9 @@ class Report(Base):
     title: str | None = Field(default=None, description="Report title (default: the study title or name).")
     pairs: list[tuple[str, str]] = Field(
         default_factory=list, description="Sample pairs [source, target] whose influence trajectories are plotted."
+    )
+    class_pairs: list[tuple[str, str]] = Field(
+        default_factory=list, description="Token-class pairs [source, target] whose influence is plotted."
     )
     heatmap_steps: list[int] | None = Field(
         default=None, description="Checkpoint steps for BIF heatmaps (default: a few spread over training)."
