@@ -233,6 +233,40 @@ def report(spec: Path, overrides, cache_path, out: Path | None) -> None:
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
 
 
+@main.command()
+@click.argument("spec", type=click.Path(path_type=Path))
+@click.argument("grid_args", nargs=-1, metavar="[KEY=V1,V2 ...]")
+@click.option("--checkpoint", "step", type=int, default=None, help="Checkpoint step (default: the last one).")
+@click.option("--grid", "grid", multiple=True, metavar="KEY=V1,V2", help="Sampler values to sweep, e.g. eps=1e-5,1e-4.")
+@click.option("--method", default=None, help="Sampler methods to sweep, e.g. sgld,rmsprop_sgld.")
+@set_option
+@cache_option
+@click.option("--wait", "wait_s", default=0.0, show_default=True, help="Seconds to wait for another writer.")
+@click.option("-q", "--quiet", is_flag=True, help="No per-stage progress.")
+@handle_errors
+def calibrate(spec: Path, grid_args, step, grid, method, overrides, cache_path, wait_s: float, quiet: bool) -> None:
+    """Sweep sampler settings at a checkpoint: LLC ± std, stationarity, MALA acceptance, divergences; recommend one.
+
+    Grid: `--grid eps=1e-5,1e-4 gamma=1e3,1e5 nbeta=1e3` (any sampler field; values after the first --grid may
+    follow without repeating it). Results are cached and in the `calibration` view.
+    """
+    from .calibrate import calibrate as run_calibration
+    from .calibrate import format_recommendation, format_table, parse_grid
+
+    session = _session(spec, overrides, cache_path)
+    progress = _Progress(quiet)
+    session.progress = progress.inner
+    parsed = parse_grid([*grid, *grid_args], method)
+    with session.store.writer(wait_s=wait_s):
+        cal = run_calibration(session, parsed, step, report=progress.stage)
+    if not parsed:
+        click.echo(f"no --grid given: sweeping eps around the spec's value ({session.study.sampler.eps:g})")
+    click.echo(f"calibration of study {session.study.name!r} at checkpoint step {cal.step} "
+               f"({cal.ran} stages run, the rest cached):")
+    for line in format_table(cal) + format_recommendation(cal):
+        click.echo(line)
+
+
 @main.group()
 def cache() -> None:
     """Inspect and maintain the cache."""

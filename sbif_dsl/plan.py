@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from .spec.loader import hierarchy_sets, reference_problems, spec_problem
 from .spec.models import SAMPLED_KINDS
-from .stages import analyses, dataset, lm, load, sample, tokens, train
+from .stages import agreement, analyses, dataset, lm, load, loo, sample, tokens, train
 from .stages.base import Stage
 
 
@@ -47,7 +47,7 @@ def build_plan(session) -> Plan:
     tokens_key = token_classes.key if token_classes else None
     for ckpt in checkpoints:
         for a in study.analyses:
-            if a.kind not in SAMPLED_KINDS:
+            if a.kind not in SAMPLED_KINDS and a.kind not in STUDY_KINDS:
                 stages.append(lm.build(session, a, ckpt, tokens_key))
         smp = sample.build(session, ckpt, ds.key)
         stages.append(smp)
@@ -55,4 +55,21 @@ def build_plan(session) -> Plan:
             if a.kind in SAMPLED_KINDS:
                 build = lm.build(session, a, smp, tokens_key) if a.kind in lm_kinds else analyses.build(session, a, smp)
                 stages.append(build)
+    stages.extend(_validation_stages(session, stages, ds.key, checkpoints))
     return Plan(stages=stages, cached=session.store.complete_keys([s.key for s in stages]))
+
+
+STUDY_KINDS = ("loo", "agreement")  # one set of stages per study, not per checkpoint
+
+
+def _validation_stages(session, stages: list[Stage], dataset_key: str, checkpoints: list[Stage]) -> list[Stage]:
+    """LOO retraining (one stage per left-out sample) and BIF-vs-LOO agreement (after both analyses)."""
+    out: list[Stage] = []
+    for i, a in enumerate(session.study.analyses):
+        if a.kind == "loo":
+            out.extend(loo.build(session, a, i, dataset_key, checkpoints))
+    for a in session.study.analyses:
+        if a.kind == "agreement":
+            compared = [s for s in stages + out if s.analysis in (a.bif, a.loo) and s.kind in ("bif", "loo")]
+            out.append(agreement.build(session, a, compared))
+    return out

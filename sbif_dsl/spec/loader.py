@@ -221,7 +221,7 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
             problems.append((("analyses", i), f"duplicate analysis name {names[i]!r}; give each a distinct 'name'"))
         refs = {
             "bif": ["source", "target"], "loss_kernel": ["observable"], "class_bif": ["observable"],
-            "token_bif": ["observable"], "class_loss": ["observable"],
+            "token_bif": ["observable"], "class_loss": ["observable"], "loo": ["target"],
         }.get(a.kind, [])
         for field in refs:
             value = getattr(a, field)
@@ -229,6 +229,7 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
                 problems.append(
                     (("analyses", i, field), f"no observable {value!r}; declared: {', '.join(obs_names)}")
                 )
+    problems.extend(validation_problems(study))
     if study.data.kind == "hierarchy":
         items = set(study.data.names())
         for qname, members in study.data.query_sets.items():
@@ -240,6 +241,54 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
                 if m not in items:
                     problems.append((("report", "pairs", i, j), f"no sample {m!r}; items: {', '.join(study.data.names())}"))
     problems.extend(section_problems(study))
+    return problems
+
+
+def validation_problems(study: Study) -> list[tuple[Path_, str]]:
+    """loo needs in-spec training; agreement must name a bif and a loo analysis that measure the same pairs."""
+    problems: list[tuple[Path_, str]] = []
+    by_name = {analysis_name(a): a for a in study.analyses}
+    data_of = {o.name: o.data for o in study.observables}
+    for i, a in enumerate(study.analyses):
+        if a.kind == "loo":
+            if study.training is None:
+                problems.append(
+                    (("analyses", i, "kind"), "loo retrains the model: it needs 'training' (not loaded checkpoints)")
+                )
+            if a.left_out is not None and len(set(a.left_out)) != len(a.left_out):
+                problems.append((("analyses", i, "left_out"), "left_out lists a sample twice"))
+            if study.data.kind == "hierarchy" and a.left_out is not None:
+                items = study.data.names()
+                for j, m in enumerate(a.left_out):
+                    if m not in items:
+                        problems.append(
+                            (("analyses", i, "left_out", j), f"no training sample {m!r}; items: {', '.join(items)}")
+                        )
+        if a.kind != "agreement":
+            continue
+        for field, kind in (("bif", "bif"), ("loo", "loo")):
+            ref = by_name.get(getattr(a, field))
+            if ref is None or ref.kind != kind:
+                declared = [n for n, b in by_name.items() if b.kind == kind]
+                problems.append(
+                    (("analyses", i, field), f"no {kind} analysis named {getattr(a, field)!r}; "
+                     f"{kind} analyses: {', '.join(declared) or '(none)'}")
+                )
+        bif, loo = by_name.get(a.bif), by_name.get(a.loo)
+        if bif is None or loo is None or bif.kind != "bif" or loo.kind != "loo":
+            continue
+        if data_of.get(bif.source) != "train":
+            problems.append(
+                (("analyses", i, "bif"), f"bif analysis {a.bif!r} has source {bif.source!r}, not the training set; "
+                 "leave-one-out removes training samples, so compare a bif whose source observable has data: train")
+            )
+        bif_target = bif.target or bif.source
+        bif_data, loo_data = data_of.get(bif_target), data_of.get(loo.target)
+        if bif_data != loo_data:
+            problems.append(
+                (("analyses", i, "loo"), f"targets differ: bif {a.bif!r} targets {bif_target!r} (data {bif_data!r}), "
+                 f"loo {a.loo!r} targets {loo.target!r} (data {loo_data!r})")
+            )
     return problems
 
 

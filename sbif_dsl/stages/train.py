@@ -91,34 +91,30 @@ def _full_loss(session, module, loss) -> float:
     return total / count
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
-    training = session.study.training
-    lineage, target = stage.payload["lineage"], stage.step
-    module = session.new_module(init_seed=stage.seed)
+def start_training(session, init_seed: int, study_seed: int):
+    """Step-0 state of the study's training run: seeded initial weights, fresh optimizer, batch generator."""
+    module = session.new_module(init_seed=init_seed)
     session.check_loss_contract(module)
-    opt = _optimizer(module.parameters(), training)
-    gen = torch.Generator().manual_seed(derive_seed(stage.payload["study_seed"], "train-batches"))
-    start = 0
-    state = _resume_point(session, lineage, target)
-    if state is not None:
-        module.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        start = state["step"]
+    opt = _optimizer(module.parameters(), session.study.training)
+    gen = torch.Generator().manual_seed(derive_seed(study_seed, "train-batches"))
+    return module, opt, gen
 
-    data, loss = session.dataset.train, session.dataset.loss
-    n = len(data)
-    x_all, y_all = session.on_device(data.inputs), session.on_device(data.targets)
+
+def train_segment(module, opt, gen, x_all, y_all, loss, training, start: int, stop: int, progress=None):
+    """Optimizer steps start..stop-1 on (x_all, y_all), minibatches drawn from `gen` (full batch: the mean loss
+    over all given samples). Shared by checkpoint training and leave-one-out retraining (stages/loo.py), so
+    both follow exactly the same schedule. Returns the logged (steps, batch losses)."""
+    n = x_all.shape[0]
     every = training.log_every or max(1, training.steps // 1000)
     curve_steps, curve_losses = [], []
     perm, pos = None, n
-    for step in range(start, target):
+    for step in range(start, stop):
         if training.batch_size is None or training.batch_size >= n:
             x, y = x_all, y_all
         else:
             if pos + training.batch_size > n:
                 perm, pos = torch.randperm(n, generator=gen), 0
-            idx = perm[pos : pos + training.batch_size].to(session.device)
+            idx = perm[pos : pos + training.batch_size].to(x_all.device)
             pos += training.batch_size
             x, y = x_all[idx], y_all[idx]
         batch_loss = loss(module(x), y).mean()
@@ -128,8 +124,28 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
         opt.zero_grad(set_to_none=True)
         batch_loss.backward()
         opt.step()
-        if session.progress and (step - start) % 100 == 0:
-            session.progress(step - start, target - start)
+        if progress and (step - start) % 100 == 0:
+            progress(step - start, stop - start)
+    return curve_steps, curve_losses
+
+
+def run(session, stage: Stage, out_dir: Path) -> StageOutput:
+    training = session.study.training
+    lineage, target = stage.payload["lineage"], stage.step
+    module, opt, gen = start_training(session, stage.seed, stage.payload["study_seed"])
+    start = 0
+    state = _resume_point(session, lineage, target)
+    if state is not None:
+        module.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        start = state["step"]
+
+    data, loss = session.dataset.train, session.dataset.loss
+    x_all, y_all = session.on_device(data.inputs), session.on_device(data.targets)
+    curve_steps, curve_losses = train_segment(
+        module, opt, gen, x_all, y_all, loss, training, start, target, session.progress
+    )
 
     final_loss = _full_loss(session, module, loss)
     if not torch.isfinite(torch.tensor(final_loss)):

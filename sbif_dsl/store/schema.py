@@ -62,6 +62,25 @@ CREATE TABLE IF NOT EXISTS r_token_bif (
 );
 CREATE TABLE IF NOT EXISTS r_induction (key VARCHAR, score DOUBLE, loss_first_copy DOUBLE, loss_second_copy DOUBLE);
 CREATE TABLE IF NOT EXISTS r_class_loss (key VARCHAR, observable VARCHAR, class VARCHAR, loss DOUBLE, n_tokens BIGINT);
+CREATE TABLE IF NOT EXISTS r_loo (
+    key VARCHAR, step BIGINT, left_out_idx INTEGER, left_out VARCHAR, target_set VARCHAR, target_idx INTEGER,
+    target VARCHAR, loss_full DOUBLE, loss_loo DOUBLE, delta DOUBLE
+);
+CREATE TABLE IF NOT EXISTS r_agreement (
+    key VARCHAR, bif_analysis VARCHAR, loo_analysis VARCHAR, value VARCHAR, diagonal BOOLEAN
+);
+CREATE TABLE IF NOT EXISTS r_calibration (
+    key VARCHAR, method VARCHAR, eps DOUBLE, gamma DOUBLE, nbeta DOUBLE, chains INTEGER, draws INTEGER,
+    burn_in INTEGER, steps_between_draws INTEGER, batch_size INTEGER, init_loss DOUBLE, llc_mean DOUBLE,
+    llc_std DOUBLE, trend DOUBLE, half_shift DOUBLE, stationary BOOLEAN, acceptance DOUBLE, divergences INTEGER
+);
+CREATE TABLE IF NOT EXISTS r_calibration_chains (
+    key VARCHAR, chain INTEGER, llc DOUBLE, mean_loss DOUBLE, trend DOUBLE, half_shift DOUBLE, acceptance DOUBLE,
+    diverged BOOLEAN, diverged_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS r_calibration_draws (
+    key VARCHAR, chain INTEGER, draw INTEGER, loss DOUBLE, acceptance DOUBLE
+);
 """
 
 RESULT_TABLES = [
@@ -79,4 +98,9 @@ RESULT_TABLES = [
     "r_token_bif",
     "r_induction",
     "r_class_loss",
+    "r_loo",
+    "r_agreement",
+    "r_calibration",
+    "r_calibration_chains",
+    "r_calibration_draws",
 ]

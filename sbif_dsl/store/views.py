@@ -86,6 +86,65 @@ VIEWS: dict[str, str] = {
         FROM {_SCOPE} JOIN r_class_loss l ON l.key = sr.key""",
 }
 
+# Validation views (stages/loo.py, stages/agreement.py, calibrate.py). Calibration stages belong to no spec: they
+# are registered under the pseudo-study '<study>:calibrate' so that `gc` keeps them; the views strip the suffix.
+CALIBRATION_SUFFIX = ":calibrate"
+_CAL_SCOPE = f"{_SCOPE} JOIN r_calibration c ON c.key = sr.key"
+_CAL_STUDY = f"left(ss.study, length(ss.study) - {len(CALIBRATION_SUFFIX)}) AS study"
+_CAL_WHERE = f"WHERE ss.study LIKE '%{CALIBRATION_SUFFIX}'"
+_AVG_RANK = "rank() OVER (PARTITION BY {p} ORDER BY {x}) + (count(*) OVER (PARTITION BY {p}, {x}) - 1) / 2.0"
+_AGREE = """count(*) AS n_pairs,
+               CASE WHEN stddev_samp(bif) > 0 AND stddev_samp(loo) > 0 THEN corr(bif, loo) END AS pearson,
+               CASE WHEN stddev_samp(bif) > 0 AND stddev_samp(loo) > 0 THEN corr({rb}, {rl}) END AS spearman,
+               avg(CASE WHEN sign(bif) = sign(loo) THEN 1.0 ELSE 0.0 END) FILTER (WHERE loo <> 0) AS sign_agreement,
+               sum(abs(loo) * CASE WHEN sign(bif) = sign(loo) THEN 1.0 ELSE 0.0 END) / nullif(sum(abs(loo)), 0)
+                   AS sign_agreement_weighted"""
+
+VIEWS.update({
+    "loo": f"""
+        SELECT ss.study, l.step, sr.analysis, l.left_out_idx, l.left_out, l.target_set, l.target_idx, l.target,
+               l.loss_full, l.loss_loo, l.delta
+        FROM {_SCOPE} JOIN r_loo l ON l.key = sr.key""",
+    "agreement_pairs": f"""
+        SELECT c.study, c.analysis, c.bif_analysis, c.loo_analysis, c.value AS bif_value, b.step,
+               b.source_idx, b.source, b.target_idx, b.target,
+               CASE c.value WHEN 'bif_cov' THEN b.bif_cov ELSE b.bif_corr END AS bif, l.delta AS loo
+        FROM (SELECT ss.study, sr.analysis, a.bif_analysis, a.loo_analysis, a.value, a.diagonal
+              FROM {_SCOPE} JOIN r_agreement a ON a.key = sr.key) c
+        JOIN bif b ON b.study = c.study AND b.analysis = c.bif_analysis
+        JOIN loo l ON l.study = c.study AND l.analysis = c.loo_analysis AND l.step = b.step
+                  AND l.left_out = b.source AND l.target = b.target
+        WHERE c.diagonal OR b.source <> b.target""",
+    "agreement": f"""
+        WITH r AS (
+            SELECT *,
+                   {_AVG_RANK.format(p="study, analysis, step", x="bif")} AS rb_step,
+                   {_AVG_RANK.format(p="study, analysis, step", x="loo")} AS rl_step,
+                   {_AVG_RANK.format(p="study, analysis", x="bif")} AS rb_all,
+                   {_AVG_RANK.format(p="study, analysis", x="loo")} AS rl_all
+            FROM agreement_pairs)
+        SELECT study, analysis, bif_analysis, loo_analysis, bif_value, 'checkpoint' AS scope, step,
+               {_AGREE.format(rb="rb_step", rl="rl_step")}
+        FROM r GROUP BY study, analysis, bif_analysis, loo_analysis, bif_value, step
+        UNION ALL
+        SELECT study, analysis, bif_analysis, loo_analysis, bif_value, 'overall' AS scope, NULL::BIGINT AS step,
+               {_AGREE.format(rb="rb_all", rl="rl_all")}
+        FROM r GROUP BY study, analysis, bif_analysis, loo_analysis, bif_value""",
+    "calibration": f"""
+        SELECT {_CAL_STUDY}, sr.step, c.method, c.eps, c.gamma, c.nbeta, c.chains, c.draws, c.burn_in,
+               c.steps_between_draws, c.batch_size, c.llc_mean, c.llc_std, c.trend, c.half_shift, c.stationary,
+               c.acceptance, c.divergences, c.init_loss, sr.wall_s, sr.key
+        FROM {_CAL_SCOPE} {_CAL_WHERE}""",
+    "calibration_chains": f"""
+        SELECT {_CAL_STUDY}, sr.step, c.method, c.eps, c.gamma, c.nbeta, h.chain, h.llc, h.mean_loss, h.trend,
+               h.half_shift, h.acceptance, h.diverged, h.diverged_at, sr.key
+        FROM {_CAL_SCOPE} JOIN r_calibration_chains h ON h.key = sr.key {_CAL_WHERE}""",
+    "calibration_draws": f"""
+        SELECT {_CAL_STUDY}, sr.step, c.method, c.eps, c.gamma, c.nbeta, d.chain, d.draw, d.loss, d.acceptance,
+               sr.key
+        FROM {_CAL_SCOPE} JOIN r_calibration_draws d ON d.key = sr.key {_CAL_WHERE}""",
+})
+
 VIEW_DOCS: dict[str, str] = {
     "studies": "one row per study: title, spec text and hash, seed",
     "stages": "every stage of every study: kind, checkpoint step, wall time, versions, device, seed",
@@ -103,6 +162,14 @@ VIEW_DOCS: dict[str, str] = {
     "token_bif": "token x token influence for a named slice of sequences and positions",
     "induction_score": "induction score (max over heads) and first/second-copy loss per checkpoint",
     "class_loss": "mean next-token loss per token class per checkpoint",
+    "loo": "leave-one-out ground truth: delta = l_target(full run) - l_target(run without left_out) per checkpoint "
+    "(negative = helpful, as the BIF)",
+    "agreement_pairs": "BIF value and LOO delta side by side for every compared pair and checkpoint",
+    "agreement": "BIF vs LOO: Pearson, Spearman, sign agreement per checkpoint (scope 'checkpoint') and pooled over "
+    "all checkpoints (scope 'overall', step NULL)",
+    "calibration": "`sbif calibrate` grid points: LLC mean/std over chains, stationarity, MALA acceptance, divergences",
+    "calibration_chains": "`sbif calibrate` per chain: LLC, trend, acceptance, divergence",
+    "calibration_draws": "`sbif calibrate` per draw: minibatch loss and MALA acceptance probability",
 }
 
 
@@ -121,7 +188,20 @@ def traces_view_sql(objects_dir: Path) -> str:
         JOIN r_tracked k ON k.key = sr.key AND k.observable = t.observable AND k.sample_idx = t.sample_idx"""
 
 
+def _temp_missing_tables(con) -> None:
+    """A cache written by an older version lacks newer r_* tables until its next write: give a (read-only)
+    connection empty TEMP stand-ins, so every view exists and simply shows no rows for them."""
+    from .schema import TABLES
+
+    have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
+    for stmt in TABLES.split(";"):
+        words = stmt.split()
+        if len(words) > 5 and words[5].startswith("r_") and words[5] not in have:
+            con.execute(stmt.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS", 1))
+
+
 def create_views(con, objects_dir: Path, extra: dict[str, str] | None = None) -> None:
+    _temp_missing_tables(con)
     for name, sql in {**VIEWS, **(extra or {})}.items():
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW loss_traces AS {traces_view_sql(objects_dir)}")
