@@ -423,8 +423,9 @@ class LooAnalysis(Base):
 class AgreementAnalysis(Base):
     """How well a BIF analysis agrees with a LOO analysis: Pearson, Spearman and sign agreement, per checkpoint
     and over all checkpoints (the `agreement` view). Off-diagonal pairs (i ≠ j) only by default: the self-influence
-    BIF(i, i) = −Var(l_i) < 0 and Δ_ii < 0 always agree in sign and dwarf the pairs in magnitude, so including them
-    inflates the correlation without testing any influence between different samples."""
+    BIF(i, i) = −Var(l_i) < 0 and Δ_ii < 0 agree in sign by construction and sit on their own magnitude scale, so
+    they would distort the statistics without testing any influence between different samples
+    (stages/agreement.py)."""
 
     kind: Literal["agreement"] = Field(description="BIF vs leave-one-out agreement (computed in SQL).")
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'agreement').")
