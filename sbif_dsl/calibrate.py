@@ -106,8 +106,12 @@ def build_stage(session, checkpoint: Stage, dataset_key: str, sampler: Sampler) 
     return Stage(
         kind="calibration",
         version=VERSION,
-        fields={"sampler": cfg.__dict__, "seed": session.study.seed, "dtype": session.study.dtype,
-                "device": session.device.type},
+        fields={
+            "sampler": cfg.__dict__,
+            "seed": session.study.seed,
+            "dtype": session.study.dtype,
+            "device": session.device.type,
+        },
         inputs=[checkpoint.key, dataset_key],
         run=run_stage,
         step=checkpoint.step,
@@ -136,20 +140,34 @@ def run_stage(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_calibration": {
-                "method": [cfg.method], "eps": [cfg.eps], "gamma": [cfg.gamma], "nbeta": [cfg.nbeta],
-                "chains": [cfg.chains], "draws": [cfg.draws], "burn_in": [cfg.burn_in],
-                "steps_between_draws": [cfg.steps_between_draws], "batch_size": [cfg.batch_size],
-                "init_loss": [res.init_loss], "llc_mean": [s["llc_mean"]], "llc_std": [s["llc_std"]],
-                "trend": [s["trend"]], "half_shift": [s["half_shift"]], "stationary": [s["stationary"]],
-                "acceptance": [s["acceptance"]], "divergences": [s["divergences"]],
+                "method": [cfg.method],
+                "eps": [cfg.eps],
+                "gamma": [cfg.gamma],
+                "nbeta": [cfg.nbeta],
+                "chains": [cfg.chains],
+                "draws": [cfg.draws],
+                "burn_in": [cfg.burn_in],
+                "steps_between_draws": [cfg.steps_between_draws],
+                "batch_size": [cfg.batch_size],
+                "init_loss": [res.init_loss],
+                "llc_mean": [s["llc_mean"]],
+                "llc_std": [s["llc_std"]],
+                "trend": [s["trend"]],
+                "half_shift": [s["half_shift"]],
+                "stationary": [s["stationary"]],
+                "acceptance": [s["acceptance"]],
+                "divergences": [s["divergences"]],
             },
             "r_calibration_chains": {
-                "chain": np.arange(C), **{k: ch[k].numpy().astype(float) for k in
-                                          ("llc", "mean_loss", "trend", "half_shift", "acceptance")},
-                "diverged": ch["diverged"].numpy(), "diverged_at": ch["diverged_at"].numpy().astype(np.int32),
+                "chain": np.arange(C),
+                **{k: ch[k].numpy().astype(float) for k in ("llc", "mean_loss", "trend", "half_shift", "acceptance")},
+                "diverged": ch["diverged"].numpy(),
+                "diverged_at": ch["diverged_at"].numpy().astype(np.int32),
             },
             "r_calibration_draws": {
-                "chain": chain.ravel(), "draw": draw.ravel(), "loss": res.batch_losses.numpy().ravel(),
+                "chain": chain.ravel(),
+                "draw": draw.ravel(),
+                "loss": res.batch_losses.numpy().ravel(),
                 "acceptance": res.acceptance.numpy().ravel(),
             },
         }
@@ -165,8 +183,10 @@ def verdict(s: dict) -> list[str]:
     if s["divergences"]:
         why.append(f"{s['divergences']} chain(s) diverged")
     if not s["stationary"]:
-        why.append(f"loss trace drifts (trend {s['trend']:+.2f}, half shift {s['half_shift']:+.2f} std; "
-                   f"limit ±{STATIONARY_MAX_DRIFT})")
+        why.append(
+            f"loss trace drifts (trend {s['trend']:+.2f}, half shift {s['half_shift']:+.2f} std; "
+            f"limit ±{STATIONARY_MAX_DRIFT})"
+        )
     if not (s["llc_mean"] > 0):
         why.append("LLC <= 0 (chains found lower loss than the checkpoint: not a local minimum at this nβ, γ)")
     if not (s["acceptance"] >= MIN_ACCEPTANCE):
@@ -184,6 +204,7 @@ def recommend(points: list[GridPoint]) -> tuple[GridPoint | None, list[str]]:
     ran = [p for p in points if p.summary]
     healthy = [p for p in ran if not verdict(p.summary)]
     if healthy:
+
         def rel_std(p: GridPoint) -> float:
             s = p.summary
             return s["llc_std"] / abs(s["llc_mean"]) if s["llc_mean"] and not math.isnan(s["llc_std"]) else math.inf

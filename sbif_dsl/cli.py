@@ -204,8 +204,12 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
         text = json.dumps(df.to_dicts(), default=str, indent=1)
     else:
         with pl.Config(
-            tbl_rows=max_rows, tbl_cols=-1, fmt_str_lengths=60, tbl_width_chars=200,
-            tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+            tbl_rows=max_rows,
+            tbl_cols=-1,
+            fmt_str_lengths=60,
+            tbl_width_chars=200,
+            tbl_hide_dataframe_shape=True,
+            tbl_hide_column_data_types=True,
         ):
             text = str(df)
     if fmt != "parquet":
@@ -261,8 +265,10 @@ def calibrate(spec: Path, grid_args, step, grid, method, overrides, cache_path, 
         cal = run_calibration(session, parsed, step, report=progress.stage)
     if not parsed:
         click.echo(f"no --grid given: sweeping eps around the spec's value ({session.study.sampler.eps:g})")
-    click.echo(f"calibration of study {session.study.name!r} at checkpoint step {cal.step} "
-               f"({cal.ran} stages run, the rest cached):")
+    click.echo(
+        f"calibration of study {session.study.name!r} at checkpoint step {cal.step} "
+        f"({cal.ran} stages run, the rest cached):"
+    )
     for line in format_table(cal) + format_recommendation(cal):
         click.echo(line)
 
@@ -280,7 +286,7 @@ def cache_ls(cache_path) -> None:
     store = _store(cache_path)
     rows = store.list_stages()
     total = 0
-    for key, kind, step, label, wall, created, size, studies in rows:
+    for key, kind, step, _label, wall, created, size, studies in rows:
         total += size
         click.echo(
             f"{key[:16]}  {kind:11s} step={'' if step is None else step!s:>6}  {size / 1024:9.1f} KiB  "

@@ -32,8 +32,11 @@ def register_study(session, plan: Plan) -> None:
         session.study.name,
         plan.keys(),
         {
-            "title": session.study.title, "description": session.study.description,
-            "spec_path": str(spec.path), "spec_hash": sha256_hex(spec.text), "spec_yaml": spec.text,
+            "title": session.study.title,
+            "description": session.study.description,
+            "spec_path": str(spec.path),
+            "spec_hash": sha256_hex(spec.text),
+            "spec_yaml": spec.text,
             "seed": session.study.seed,
         },
     )
@@ -64,10 +67,19 @@ def _run_stages(session, todo: list[Stage], summary: RunSummary, report: Reporte
             wall = time.perf_counter() - t0
             store.commit(
                 StageRecord(
-                    key=stage.key, kind=stage.kind, version=stage.version, fields=stage.fields, inputs=stage.inputs,
-                    step=stage.step, analysis=stage.analysis, parent=stage.parent, label=stage.label,
+                    key=stage.key,
+                    kind=stage.kind,
+                    version=stage.version,
+                    fields=stage.fields,
+                    inputs=stage.inputs,
+                    step=stage.step,
+                    analysis=stage.analysis,
+                    parent=stage.parent,
+                    label=stage.label,
                     provenance={**session.provenance(), "wall_s": wall, "seed": stage.seed},
-                    device=str(session.device), seed=stage.seed, wall_s=wall,
+                    device=str(session.device),
+                    seed=stage.seed,
+                    wall_s=wall,
                 ),
                 out,
             )

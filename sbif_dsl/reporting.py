@@ -17,7 +17,16 @@ from .spec import LoadedSpec
 from .spec.models import analysis_name
 from .store import Store, fetch_frame
 
-REPORT_VIEWS = ["studies", "stages", "training_curve", "llc_summary", "bif", "class_bif", "induction_score", "class_loss"]
+REPORT_VIEWS = [
+    "studies",
+    "stages",
+    "training_curve",
+    "llc_summary",
+    "bif",
+    "class_bif",
+    "induction_score",
+    "class_loss",
+]
 
 
 def _frames(con, study: str, bif_analysis: str | None) -> dict[str, pl.DataFrame | None]:
@@ -61,13 +70,25 @@ def write_report(spec: LoadedSpec, store: Store, out: Path | None = None) -> Pat
             extra.append(Section(sec.title, section_chart(df, sec.chart, enc, sec.title)))
     d = study.report.detect
     params = DetectParams(
-        prominence=d.prominence, min_abs=d.min_abs, min_rel=d.min_rel, min_run=d.min_run, noise_k=d.noise_k,
-        curve_smooth=d.curve_smooth, min_change=d.min_change, merge_decades=d.merge_decades, value=d.value,
+        prominence=d.prominence,
+        min_abs=d.min_abs,
+        min_rel=d.min_rel,
+        min_run=d.min_run,
+        noise_k=d.noise_k,
+        curve_smooth=d.curve_smooth,
+        min_change=d.min_change,
+        merge_decades=d.merge_decades,
+        value=d.value,
     )
     out = out or Path("reports") / f"{study.name}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     return build_report(
-        out, frames, study=study.name, params=params, pairs=study.report.pairs or None,
+        out,
+        frames,
+        study=study.name,
+        params=params,
+        pairs=study.report.pairs or None,
         class_pairs=study.report.class_pairs or None,
-        heatmap_steps=study.report.heatmap_steps, extra_sections=extra,
+        heatmap_steps=study.report.heatmap_steps,
+        extra_sections=extra,
     )

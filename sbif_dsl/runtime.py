@@ -24,7 +24,6 @@ from .spec import LoadedSpec
 from .store import Store
 from .task import Dataset, check_dataset, check_losses, check_module
 
-
 SMALL_WORKLOAD = 10_000_000  # params × chains × batch elements below which CPU runs use one thread
 
 
@@ -91,8 +90,11 @@ class Session:
 
             try:
                 return make_language_dataset(
-                    n_train=data.n_train, n_query=data.n_query, context=data.context,
-                    seed=derive_seed(self.study.seed, "language"), **data.options(),
+                    n_train=data.n_train,
+                    n_query=data.n_query,
+                    context=data.context,
+                    seed=derive_seed(self.study.seed, "language"),
+                    **data.options(),
                 )
             except ValueError as e:
                 raise UsageError(f"data (synthetic_language): {e}") from None
@@ -101,8 +103,12 @@ class Session:
 
             try:
                 return text_files_dataset(
-                    [str(self.resolve_path(p)) for p in data.paths], data.context, data.stride, self.tokenizer,
-                    query_fraction=data.query_fraction, max_windows=data.max_windows,
+                    [str(self.resolve_path(p)) for p in data.paths],
+                    data.context,
+                    data.stride,
+                    self.tokenizer,
+                    query_fraction=data.query_fraction,
+                    max_windows=data.max_windows,
                 )
             except (FileNotFoundError, ValueError) as e:
                 raise UsageError(f"data.paths: {e}") from None
@@ -148,9 +154,17 @@ class Session:
             from .models.transformer import Transformer
 
             module = Transformer(
-                vocab_size=self.tokenizer.vocab_size, n_layers=m.n_layers, n_heads=m.n_heads, d_model=m.d_model,
-                d_head=m.d_head, context=self.dataset.train.inputs.shape[1], mlp=m.mlp, d_mlp=m.d_mlp,
-                positions=m.positions, layer_norm=m.layer_norm, init_std=m.init_std,
+                vocab_size=self.tokenizer.vocab_size,
+                n_layers=m.n_layers,
+                n_heads=m.n_heads,
+                d_model=m.d_model,
+                d_head=m.d_head,
+                context=self.dataset.train.inputs.shape[1],
+                mlp=m.mlp,
+                d_mlp=m.d_mlp,
+                positions=m.positions,
+                layer_norm=m.layer_norm,
+                init_std=m.init_std,
             )
         elif m.kind == "hf_causal_lm":
             from .models.hf import hf_module
@@ -227,7 +241,9 @@ class Session:
             "python": sys.version.split()[0],
             "platform": platform.platform(),
             "device": str(self.device),
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor(),
+            "device_name": torch.cuda.get_device_name(self.device)
+            if self.device.type == "cuda"
+            else platform.processor(),
         }
 
 

@@ -163,9 +163,7 @@ def _run(cmd: list[str], timeout: float) -> tuple[str, str]:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)  # the browser's own process group, started above
         out, err = proc.communicate()
-        raise RuntimeError(
-            f"chromium timed out after {timeout}s: {' '.join(cmd[:2])} …\n{err[-2000:]}"
-        ) from None
+        raise RuntimeError(f"chromium timed out after {timeout}s: {' '.join(cmd[:2])} …\n{err[-2000:]}") from None
     return out, err
 
 

@@ -25,17 +25,33 @@ def test_run_rerun_and_query(tmp_path, tiny_spec, cache_path):
     plan = sbif("plan", str(tiny_spec), cache=cache_path)
     assert "19 stages: 19 cached, 0 to run" in plan.stdout
 
-    rows = json.loads(sbif("query", "SELECT * FROM bif WHERE analysis = 'bif' ORDER BY step, source_idx, target_idx",
-                           "--format", "json", cache=cache_path).stdout)
+    rows = json.loads(
+        sbif(
+            "query",
+            "SELECT * FROM bif WHERE analysis = 'bif' ORDER BY step, source_idx, target_idx",
+            "--format",
+            "json",
+            cache=cache_path,
+        ).stdout
+    )
     assert len(rows) == 3 * 4 * 4 and {r["step"] for r in rows} == {10, 30, 60}
     diag = [r for r in rows if r["source"] == r["target"]]
     assert all(abs(r["bif_corr"] + 1) < 1e-9 for r in diag)  # -Corr(l_i, l_i) = -1
     assert all(r["bif_cov"] < 0 for r in diag)  # -Var < 0
-    cross = json.loads(sbif("query", "SELECT DISTINCT target FROM bif WHERE analysis = 'train_on_left'",
-                            "--format", "json", cache=cache_path).stdout)
+    cross = json.loads(
+        sbif(
+            "query",
+            "SELECT DISTINCT target FROM bif WHERE analysis = 'train_on_left'",
+            "--format",
+            "json",
+            cache=cache_path,
+        ).stdout
+    )
     assert {r["target"] for r in cross} == {"item0", "item1"}
 
-    csv = sbif("query", "SELECT step, chain, llc FROM llc ORDER BY step, chain", "--format", "csv", cache=cache_path).stdout
+    csv = sbif(
+        "query", "SELECT step, chain, llc FROM llc ORDER BY step, chain", "--format", "csv", cache=cache_path
+    ).stdout
     assert csv.splitlines()[0] == "step,chain,llc" and len(csv.splitlines()) == 1 + 3 * 3
 
     out = tmp_path / "traces.parquet"
@@ -73,7 +89,10 @@ def test_added_checkpoint_resumes_training_bitwise(tmp_path, cache_path):
     other = tmp_path / "other.duckdb"
     sbif("run", str(a), cache=other)
     q = "SELECT weights_sha256 FROM checkpoints WHERE step = 60"
-    assert sbif("query", q, "--format", "csv", cache=cache_path).stdout == sbif("query", q, "--format", "csv", cache=other).stdout
+    assert (
+        sbif("query", q, "--format", "csv", cache=cache_path).stdout
+        == sbif("query", q, "--format", "csv", cache=other).stdout
+    )
 
 
 def test_seeded_run_is_bitwise_deterministic(tmp_path, tiny_spec):
@@ -134,8 +153,13 @@ def test_second_writer_gets_clear_message(tiny_spec, cache_path):
 def test_killed_run_leaves_nothing_half_written_and_resumes(tmp_path, cache_path):
     slow = write_spec(tmp_path, TINY_SPEC.replace("draws: 20", "draws: 3000"), "slow.yaml")
     env = {**os.environ, "SBIF_CACHE": str(cache_path)}
-    proc = subprocess.Popen([sys.executable, "-m", "sbif_dsl.cli", "run", str(slow)], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sbif_dsl.cli", "run", str(slow)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     done = 0
     while time.time() < deadline and done < 6:  # dataset + 3 checkpoints + first sample + an analysis
@@ -161,7 +185,9 @@ def test_killed_run_leaves_nothing_half_written_and_resumes(tmp_path, cache_path
 
 
 def test_python_factory_path(tmp_path, cache_path):
-    spec = write_spec(tmp_path, """\
+    spec = write_spec(
+        tmp_path,
+        """\
         name: user_code
         seed: 1
         device: cpu
@@ -182,7 +208,8 @@ def test_python_factory_path(tmp_path, cache_path):
         sampler: {eps: 1.0e-3, gamma: 100, nbeta: 10, chains: 2, draws: 30, burn_in: 10}
         analyses:
           - {kind: bif, source: train, target: probe}
-        """)
+        """,
+    )
     sbif("run", str(spec), cache=cache_path)
     rows = json.loads(sbif("query", "SELECT * FROM bif", "--format", "json", cache=cache_path).stdout)
     assert len(rows) == 10 * 3 and {r["target"] for r in rows} == {"probe_a", "probe_b", "probe_c"}
@@ -194,20 +221,30 @@ def test_python_factory_path(tmp_path, cache_path):
 
     scalar = write_spec(tmp_path, spec.read_text().replace(":regression", ":regression_with_scalar_loss"), "s.yaml")
     proc = sbif("run", str(scalar), cache=cache_path, check=False)
-    assert proc.returncode == 2 and "regression_with_scalar_loss" in proc.stderr and "not a summed scalar" in proc.stderr
+    assert (
+        proc.returncode == 2 and "regression_with_scalar_loss" in proc.stderr and "not a summed scalar" in proc.stderr
+    )
 
     wrong = write_spec(tmp_path, spec.read_text().replace(":regression", ":not_a_dataset"), "w.yaml")
     proc = sbif("run", str(wrong), cache=cache_path, check=False)
-    assert proc.returncode == 2 and "not_a_dataset" in proc.stderr and "must return sbif_dsl.task.Dataset" in proc.stderr
+    assert (
+        proc.returncode == 2 and "not_a_dataset" in proc.stderr and "must return sbif_dsl.task.Dataset" in proc.stderr
+    )
 
-    missing = write_spec(tmp_path, spec.read_text().replace("tests.factories_for_tests:linear", "nowhere.mod:linear"), "m.yaml")
+    missing = write_spec(
+        tmp_path, spec.read_text().replace("tests.factories_for_tests:linear", "nowhere.mod:linear"), "m.yaml"
+    )
     proc = sbif("run", str(missing), cache=cache_path, check=False)
     assert proc.returncode == 2 and "cannot import module 'nowhere.mod'" in proc.stderr
 
 
 def test_divergent_chain_is_reported_and_not_stored(tmp_path, cache_path):
-    spec = write_spec(tmp_path, TINY_SPEC.replace("eps: 1.0e-4", "eps: 0.5").replace("gamma: 1000", "gamma: 0")
-                      .replace("nbeta: 100", "nbeta: 1.0e+6"))
+    spec = write_spec(
+        tmp_path,
+        TINY_SPEC.replace("eps: 1.0e-4", "eps: 0.5")
+        .replace("gamma: 1000", "gamma: 0")
+        .replace("nbeta: 100", "nbeta: 1.0e+6"),
+    )
     proc = sbif("run", str(spec), cache=cache_path, check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "checkpoint step 10: chain" in proc.stderr and "smaller sampler.eps" in proc.stderr

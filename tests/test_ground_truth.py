@@ -56,8 +56,14 @@ def test_llc_of_monomial_loss(powers):
         return (0.5 * (params["w"] ** p).sum()).expand(x.shape[0])  # (B,) the same loss for every sample
 
     cfg = SGLDConfig(eps=5e-4, gamma=0.0, nbeta=NBETA, chains=1024, draws=2000, burn_in=200)
-    res = run_chains(K, {"w": torch.zeros(len(powers), dtype=F64)},
-                     (torch.zeros(1, 1, dtype=F64), torch.zeros(1, dtype=F64)), [], cfg, seed=0)
+    res = run_chains(
+        K,
+        {"w": torch.zeros(len(powers), dtype=F64)},
+        (torch.zeros(1, 1, dtype=F64), torch.zeros(1, dtype=F64)),
+        [],
+        cfg,
+        seed=0,
+    )
     llc = llc_per_chain(res.batch_losses, res.init_loss, NBETA)  # (chains,)
     truth = sum(1 / q for q in powers)
     assert float(llc.mean()) == pytest.approx(truth, rel=0.07)
@@ -124,7 +130,12 @@ def rrr_data(M: int = 5, N: int = 5, r: int = 0, n: int = 1000, sigma: float = 0
 
 def test_rrr_truth_formula():
     assert [rrr_truth(*s) for s in [(5, 3, 5, 0), (5, 4, 5, 0), (4, 3, 8, 0), (8, 3, 4, 0), (8, 8, 8, 3)]] == [
-        6.5, 8, 6, 6, 29]
+        6.5,
+        8,
+        6,
+        6,
+        29,
+    ]
 
 
 @pytest.mark.parametrize(
@@ -141,8 +152,10 @@ def test_llc_of_reduced_rank_regression(shape):
     ds = rrr_data(M, N, r)
     x, y = ds.train.inputs, ds.train.targets
     g = torch.Generator().manual_seed(1)
-    params = {"A": 0.1 * torch.randn(H, M, generator=g, dtype=F64),
-              "B": 0.1 * torch.randn(N, H, generator=g, dtype=F64)}
+    params = {
+        "A": 0.1 * torch.randn(H, M, generator=g, dtype=F64),
+        "B": 0.1 * torch.randn(N, H, generator=g, dtype=F64),
+    }
 
     def loss(p, xb, yb):
         return _squared(xb @ p["A"].T @ p["B"].T, yb)
@@ -164,7 +177,9 @@ def test_llc_of_reduced_rank_regression(shape):
 def test_llc_of_reduced_rank_regression_through_the_cli(tmp_path):
     """The same check end to end: python data + built-in deep_linear model trained in-spec, `llc` analysis,
     nβ left to its default (B / ln B for the full batch of 1000 = 144.8), read back from the llc_summary view."""
-    spec = write_spec(tmp_path, """\
+    spec = write_spec(
+        tmp_path,
+        """\
         name: rrr
         seed: 0
         device: cpu
@@ -177,11 +192,13 @@ def test_llc_of_reduced_rank_regression_through_the_cli(tmp_path):
         training: {lr: 0.05, steps: 5000, checkpoints: {steps: [5000], include_zero: false}}
         sampler: {eps: 6.0e-4, gamma: 1.0, chains: 3, draws: 2000, burn_in: 0}
         analyses: [{kind: llc}]
-        """)
+        """,
+    )
     cache = tmp_path / "c.duckdb"
     sbif("run", str(spec), cache=cache)
-    row = json.loads(sbif("query", "SELECT llc_mean, llc_std, chains FROM llc_summary", "--format", "json",
-                          cache=cache).stdout)
+    row = json.loads(
+        sbif("query", "SELECT llc_mean, llc_std, chains FROM llc_summary", "--format", "json", cache=cache).stdout
+    )
     assert len(row) == 1 and row[0]["chains"] == 3
     assert row[0]["llc_mean"] == pytest.approx(rrr_truth(5, 3, 5, 0), rel=0.4)
 
@@ -231,10 +248,13 @@ def _gaussian_check(spec, cache, eps: float) -> dict[str, np.ndarray]:
     per_chain = np.stack([np.cov(t.T) for t in traces])  # (chains, n, n): independent estimates
     exact = loss_cov(np.linalg.inv(P))
     return {
-        "cov": cov, "se": per_chain.std(axis=0, ddof=1) / math.sqrt(CHAINS_G), "exact": exact,
+        "cov": cov,
+        "se": per_chain.std(axis=0, ddof=1) / math.sqrt(CHAINS_G),
+        "exact": exact,
         "law": loss_cov(np.linalg.inv(P - eps * P @ P / 4)),  # Σ_ε = P⁻¹(I − εP/4)⁻¹
         "scale": np.sqrt(np.outer(exact.diagonal(), exact.diagonal())),
-        "no_mean_term": 0.5 * (X @ np.linalg.inv(P) @ X.T) ** 2, "eps_pmax": eps * np.linalg.eigvalsh(P).max(),
+        "no_mean_term": 0.5 * (X @ np.linalg.inv(P) @ X.T) ** 2,
+        "eps_pmax": eps * np.linalg.eigvalsh(P).max(),
     }
 
 

@@ -88,8 +88,13 @@ def _tiny_neox(tmp_path):
     import torch
 
     config = transformers.GPTNeoXConfig(
-        vocab_size=256, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        max_position_embeddings=64, rotary_pct=0.25,
+        vocab_size=256,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        rotary_pct=0.25,
     )
     model_dir = tmp_path / "neox"
     config.save_pretrained(model_dir)
@@ -101,7 +106,9 @@ def _tiny_neox(tmp_path):
 
 def test_hf_causal_lm_end_to_end(tmp_path, cache_path):
     _tiny_neox(tmp_path)
-    spec = write_spec(tmp_path, """\
+    spec = write_spec(
+        tmp_path,
+        """\
         name: neox
         seed: 2
         device: cpu
@@ -114,7 +121,8 @@ def test_hf_causal_lm_end_to_end(tmp_path, cache_path):
           - {kind: bif, source: query}
           - {kind: class_bif, observable: query}
           - {kind: induction_score, n_seqs: 4}
-        """)
+        """,
+    )
     sbif("run", str(spec), cache=cache_path)
     ckpts = _json("SELECT step, source FROM checkpoints ORDER BY step", cache=cache_path)
     assert [c["step"] for c in ckpts] == [100, 200] and ckpts[0]["source"].endswith("step100")

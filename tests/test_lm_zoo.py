@@ -116,13 +116,9 @@ def test_vmap_over_stacked_params_matches_a_loop():
     assert stacked.shape == (3, 4, 11)
     torch.testing.assert_close(stacked, looped, atol=1e-5, rtol=1e-5)
     # and its gradient (what SGLD needs), chain by chain
-    grads = vmap(torch.func.grad(lambda p, b, t: per_token(p, b, t).mean()), in_dims=(0, 0, None))(
-        params, buffers, x
-    )
+    grads = vmap(torch.func.grad(lambda p, b, t: per_token(p, b, t).mean()), in_dims=(0, 0, None))(params, buffers, x)
     next_token_loss(models[1](x), x).mean().backward()
-    torch.testing.assert_close(
-        grads["unembed.weight"][1], models[1].unembed.weight.grad, atol=1e-5, rtol=1e-4
-    )
+    torch.testing.assert_close(grads["unembed.weight"][1], models[1].unembed.weight.grad, atol=1e-5, rtol=1e-4)
 
 
 # --- tokenizers ----------------------------------------------------------------------------------
@@ -311,9 +307,7 @@ def test_untrained_model_has_no_induction():
 # --- the key experiment: induction heads form on the synthetic language ----------------------------
 
 
-def train_induction_model(
-    steps: int = 3000, every: int = 250, seed: int = 0, context: int = 64
-) -> list[dict]:
+def train_induction_model(steps: int = 3000, every: int = 250, seed: int = 0, context: int = 64) -> list[dict]:
     """Train a 2-layer attention-only transformer on the synthetic language and log the induction score.
 
     Recommended study settings: byte tokens, context 64, d_model 64, 4 heads, shortformer
@@ -337,9 +331,7 @@ def train_induction_model(
                 model.eval()
                 q = next_token_loss(model(x_query), x_query)  # (n_query, T-1)
                 model.train()
-            score = induction_score(
-                model, context, 64, 256, seed=1, token_pool=ds.meta["induction_token_pool"]
-            )
+            score = induction_score(model, context, 64, 256, seed=1, token_pool=ds.meta["induction_token_pool"])
             log.append(
                 {
                     "step": step,

@@ -67,15 +67,11 @@ def user_sections(f: dict[str, pl.DataFrame]) -> list[Section]:
     final = cl.filter(pl.col("step") == cl["step"].max())
     cb = f["class_bif"].filter(pl.col("step") == 3000)
     return [
-        Section(
-            "User line", section_chart(f["llc"], "line", {"x": "step", "y": "llc", "color": "chain:N"}, "LLC")
-        ),
+        Section("User line", section_chart(f["llc"], "line", {"x": "step", "y": "llc", "color": "chain:N"}, "LLC")),
         Section("User bar", section_chart(final, "bar", {"x": "class", "y": "loss"}, "final loss per class")),
         Section(
             "User heatmap",
-            section_chart(
-                cb, "heatmap", {"x": "target_class", "y": "source_class", "color": "bif_corr"}, "class"
-            ),
+            section_chart(cb, "heatmap", {"x": "target_class", "y": "source_class", "color": "bif_corr"}, "class"),
         ),
         Section("User table", section_chart(f["llc_summary"], "table", {"columns": ["step", "llc_mean"]})),
     ]
@@ -94,9 +90,7 @@ def test_every_influence_chart_states_the_sign_convention(frames):
         heatmap_grid(f["bif"]),
         heatmap_grid(f["class_bif"], [0, 3000]),
         heatmap_slider(f["bif"]),
-        section_chart(
-            f["class_bif"], "heatmap", {"x": "target_class", "y": "source_class", "color": "bif_cov"}
-        ),
+        section_chart(f["class_bif"], "heatmap", {"x": "target_class", "y": "source_class", "color": "bif_cov"}),
     ]
     for c in charts:
         text = _texts(c.to_dict())
@@ -161,9 +155,7 @@ def test_report_file_is_self_contained_with_unique_chart_ids(tmp_path, frames):
     assert "window.vegaEmbed" in doc  # the bundle is inlined
     ids = re.findall(r'<div class="chart" id="([^"]+)" data-sbif-chart>', doc)
     assert len(ids) == len(set(ids)) >= 12
-    specs = json.loads(
-        re.search(r'<script type="application/json" id="sbif-specs">(.*?)</script>', doc, re.S)[1]
-    )
+    specs = json.loads(re.search(r'<script type="application/json" id="sbif-specs">(.*?)</script>', doc, re.S)[1])
     assert sorted(specs) == sorted(ids)
     assert "<details><summary>Spec (YAML)</summary>" in doc and "Stage timings" in doc
     assert "negative = helpful" in doc.lower() or "Negative = helpful" in doc
@@ -173,9 +165,7 @@ def test_script_breakout_in_data_is_neutralized(tmp_path):
     evil = "</script><script>window.pwned=1</script>"
     df = pl.DataFrame({"step": [0, 1, 10], "value": [1.0, 2.0, 3.0], "label": [evil] * 3})
     chart = section_chart(df, "line", {"x": "step", "y": "value", "color": "label"}, evil)
-    path = render_report(
-        tmp_path / "x.html", header={"study": evil}, sections=[Section(evil, [chart, df, evil])]
-    )
+    path = render_report(tmp_path / "x.html", header={"study": evil}, sections=[Section(evil, [chart, df, evil])])
     doc = path.read_text(encoding="utf-8")
     assert evil not in doc  # JSON carries "<\/script>", HTML text carries "&lt;/script&gt;"
     assert doc.count("</script>") == doc.count("<script")  # no extra element ends
@@ -214,9 +204,7 @@ def test_negative_control_broken_chart_spec_is_caught(chromium, tmp_path, frames
         "encoding": {"x": {"field": "a", "type": "quantitative"}},
         "transform": [{"calculate": "no_such_function(datum.a)", "as": "b"}],
     }
-    path = render_report(
-        tmp_path / "broken.html", header={"study": "t"}, sections=[Section("s", [good, broken])]
-    )
+    path = render_report(tmp_path / "broken.html", header={"study": "t"}, sections=[Section("s", [good, broken])])
     r = browser.render(path, chromium=chromium)
     assert r.charts == 2
     assert r.rendered == 1 and r.missing == ["sbif-chart-2"]

@@ -93,9 +93,7 @@ def test_sgld_of_step_2eps_is_sgd_of_step_eps():
     expected = loss_fn({k: v.detach() for k, v in p.items()}, x, y)  # (n,)
     for c in range(2):
         torch.testing.assert_close(res.traces[0][c, 0], expected, rtol=1e-13, atol=1e-15)
-    torch.testing.assert_close(
-        res.batch_losses[:, 0], loss_fn(params0, x, y).mean().expand(2), rtol=1e-14, atol=0
-    )
+    torch.testing.assert_close(res.batch_losses[:, 0], loss_fn(params0, x, y).mean().expand(2), rtol=1e-14, atol=0)
     assert res.init_loss == pytest.approx(float(loss_fn(params0, x, y).mean()), rel=1e-14)
 
 

@@ -155,16 +155,33 @@ def test_cli_schema_is_json():
     assert json.loads(proc.stdout)["title"] == "sbif_dsl study spec"
 
 
-yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(string.printable, max_size=8))
+yaml_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-5, 10**6), st.floats(allow_nan=True), st.text(string.printable, max_size=8)
+)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     field=st.sampled_from(
-        ["sampler.eps", "sampler.chains", "sampler.method", "model.hidden", "training.checkpoints", "seed",
-         "name", "observables", "analyses.0", "data.branching", "report.pairs", "device", "sampler"]
+        [
+            "sampler.eps",
+            "sampler.chains",
+            "sampler.method",
+            "model.hidden",
+            "training.checkpoints",
+            "seed",
+            "name",
+            "observables",
+            "analyses.0",
+            "data.branching",
+            "report.pairs",
+            "device",
+            "sampler",
+        ]
     ),
-    value=st.one_of(yaml_scalars, st.lists(yaml_scalars, max_size=3), st.dictionaries(st.text(max_size=4), yaml_scalars, max_size=2)),
+    value=st.one_of(
+        yaml_scalars, st.lists(yaml_scalars, max_size=3), st.dictionaries(st.text(max_size=4), yaml_scalars, max_size=2)
+    ),
 )
 def test_fuzz_bad_values_only_raise_spec_errors(tmp_path, field, value):
     """Whatever a user writes into a field, the loader accepts it or raises SpecError: never another exception."""
@@ -172,6 +189,8 @@ def test_fuzz_bad_values_only_raise_spec_errors(tmp_path, field, value):
 
     path = write_spec(tmp_path, TINY_SPEC)
     try:
-        load_spec(path, [f"{field}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"])
+        load_spec(
+            path, [f"{field}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"]
+        )
     except SpecError as e:
         assert all(p.startswith(str(path)) or p.startswith("--set") for p in e.problems)

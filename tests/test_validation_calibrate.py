@@ -57,8 +57,9 @@ def test_acceptance_falls_with_step_size():
     rates = []
     for eps in (1e-4, 1e-3, 1e-2):
         cfg = SGLDConfig(eps=eps, gamma=10.0, nbeta=50.0, chains=8, draws=200, burn_in=50)
-        res = run_calibration_chains(_quartic, {"w": torch.zeros(3, dtype=F64)}, (x, torch.zeros(16, dtype=F64)),
-                                     cfg, seed=1)
+        res = run_calibration_chains(
+            _quartic, {"w": torch.zeros(3, dtype=F64)}, (x, torch.zeros(16, dtype=F64)), cfg, seed=1
+        )
         rates.append(float(res.acceptance.mean()))
     assert rates[0] > 0.99 and rates[0] > rates[1] > rates[2]
 
@@ -66,8 +67,9 @@ def test_acceptance_falls_with_step_size():
 def test_divergent_chains_are_recorded_not_raised():
     x = torch.zeros(4, 2, dtype=F64)
     cfg = SGLDConfig(eps=0.5, gamma=0.0, nbeta=1e6, chains=3, draws=20)
-    res = run_calibration_chains(_quartic, {"w": torch.full((2,), 0.5, dtype=F64)}, (x, torch.zeros(4, dtype=F64)),
-                                 cfg, seed=0)
+    res = run_calibration_chains(
+        _quartic, {"w": torch.full((2,), 0.5, dtype=F64)}, (x, torch.zeros(4, dtype=F64)), cfg, seed=0
+    )
     assert (res.diverged_at >= 0).all() and (res.diverged_at <= 1).all()
 
 
@@ -88,14 +90,25 @@ def _point(eps, gamma, llc, acc, div=0, stationary=True):
     from sbif_dsl.spec.models import Sampler
 
     p = GridPoint({"eps": eps, "gamma": gamma}, Sampler(eps=eps, gamma=gamma))
-    p.summary = {"llc_mean": llc, "llc_std": 0.1, "trend": 0.0, "half_shift": 0.0, "stationary": stationary,
-                 "acceptance": acc, "divergences": div}
+    p.summary = {
+        "llc_mean": llc,
+        "llc_std": 0.1,
+        "trend": 0.0,
+        "half_shift": 0.0,
+        "stationary": stationary,
+        "acceptance": acc,
+        "divergences": div,
+    }
     return p
 
 
 def test_recommendation_rule():
-    small, big, bad_acc, diverged = (_point(1e-6, 1e5, 4.0, 0.95), _point(1e-5, 1e4, 5.0, 0.92),
-                                     _point(1e-5, 1e5, 5.0, 0.55), _point(1e-4, 1e3, 5.0, 0.99, div=2))
+    small, big, bad_acc, diverged = (
+        _point(1e-6, 1e5, 4.0, 0.95),
+        _point(1e-5, 1e4, 5.0, 0.92),
+        _point(1e-5, 1e5, 5.0, 0.55),
+        _point(1e-4, 1e3, 5.0, 0.99, div=2),
+    )
     choice, why = recommend([small, big, bad_acc, diverged])
     assert choice is big and "2 of 4 settings are healthy" in why[0]  # weakest healthy γ
     weak, fast = _point(6e-4, 1.0, 5.6, 0.97), _point(3e-3, 100.0, 1.1, 0.90)
@@ -111,8 +124,17 @@ def test_recommendation_rule():
 
 def test_calibrate_cli(tiny_spec, cache_path):
     sbif("run", str(tiny_spec), cache=cache_path)
-    out = sbif("calibrate", str(tiny_spec), "--checkpoint", "60", "--grid", "eps=1e-4,1e-3,1e-2", "gamma=1000",
-               "nbeta=100", cache=cache_path).stdout
+    out = sbif(
+        "calibrate",
+        str(tiny_spec),
+        "--checkpoint",
+        "60",
+        "--grid",
+        "eps=1e-4,1e-3,1e-2",
+        "gamma=1000",
+        "nbeta=100",
+        cache=cache_path,
+    ).stdout
     assert "at checkpoint step 60 (2 stages run" in out
     assert "skipped: sampler: eps*gamma/2 = 5 >= 1" in out and "recommendation:" in out
 
@@ -120,10 +142,13 @@ def test_calibrate_cli(tiny_spec, cache_path):
         with Store(cache_path).connect(read_only=True) as con:
             return fetch_frame(con, sql).to_dicts()
 
-    rows = json.loads(sbif("query", "SELECT * FROM calibration ORDER BY eps", "--format", "json",
-                           cache=cache_path).stdout)
-    assert [(r["study"], r["step"], r["eps"], r["chains"]) for r in rows] == [("tiny", 60, 1e-4, 3),
-                                                                              ("tiny", 60, 1e-3, 3)]
+    rows = json.loads(
+        sbif("query", "SELECT * FROM calibration ORDER BY eps", "--format", "json", cache=cache_path).stdout
+    )
+    assert [(r["study"], r["step"], r["eps"], r["chains"]) for r in rows] == [
+        ("tiny", 60, 1e-4, 3),
+        ("tiny", 60, 1e-3, 3),
+    ]
     assert rows[0]["acceptance"] > rows[1]["acceptance"] and all(r["divergences"] == 0 for r in rows)
     # the spec's own setting is keyed like its sample stage and samples the same chains: same draws, same LLC
     same = q("""SELECT count(*) AS n, bool_and(b.loss = d.loss) AS equal FROM batch_losses b
@@ -133,8 +158,9 @@ def test_calibrate_cli(tiny_spec, cache_path):
     assert rows[0]["llc_mean"] == pytest.approx(llc["llc_mean"], rel=1e-12)
     assert len(q("SELECT * FROM calibration_chains")) == 2 * 3
 
-    again = sbif("calibrate", str(tiny_spec), "--checkpoint", "60", "--grid", "eps=1e-4,1e-3", "gamma=1000",
-                 cache=cache_path).stdout
+    again = sbif(
+        "calibrate", str(tiny_spec), "--checkpoint", "60", "--grid", "eps=1e-4,1e-3", "gamma=1000", cache=cache_path
+    ).stdout
     assert "(0 stages run" in again
     assert "dropped 0 stages" in sbif("cache", "gc", cache=cache_path).stdout  # calibrations survive gc
     assert q("SELECT count(*) AS n FROM stages WHERE study = 'tiny'")[0]["n"] == 19  # the study is untouched

@@ -19,7 +19,9 @@ from sbif_dsl.store import Store, fetch_frame
 
 from .conftest import TINY_SPEC, sbif, write_spec
 
-LOO_SPEC = TINY_SPEC + """\
+LOO_SPEC = (
+    TINY_SPEC
+    + """\
   - kind: loo
   - kind: agreement
   - kind: agreement
@@ -27,6 +29,7 @@ LOO_SPEC = TINY_SPEC + """\
     value: bif_corr
     diagonal: true
 """
+)
 ITEMS = ["item0", "item1", "item2", "item3"]
 
 
@@ -107,8 +110,9 @@ def test_loo_matches_hand_written_retraining(tmp_path):
             with torch.no_grad():
                 by_hand[t] = session.dataset.loss(module(x), y).double()
     with session.store.connect(read_only=True) as con:
-        df = con.execute("SELECT step, target_idx, delta FROM loo WHERE left_out_idx = ? ORDER BY step, target_idx",
-                         [i]).fetchnumpy()
+        df = con.execute(
+            "SELECT step, target_idx, delta FROM loo WHERE left_out_idx = ? ORDER BY step, target_idx", [i]
+        ).fetchnumpy()
     delta = df["delta"].reshape(len(steps), n)
     for k, s in enumerate(steps):
         np.testing.assert_allclose(delta[k], (full[s] - by_hand[s]).numpy(), rtol=0, atol=2e-6)
@@ -137,8 +141,11 @@ def test_agreement_view_statistics(loo_run):
     for name, df in (("agreement", off), ("agreement_corr_diag", diag)):
         groups = [("overall", None, df)] + [("checkpoint", s, df.filter(pl.col("step") == s)) for s in (10, 30, 60)]
         for scope, step, g in groups:
-            row = agree.filter((pl.col("analysis") == name) & (pl.col("scope") == scope)
-                               & (pl.col("step").is_null() if step is None else pl.col("step") == step)).to_dicts()
+            row = agree.filter(
+                (pl.col("analysis") == name)
+                & (pl.col("scope") == scope)
+                & (pl.col("step").is_null() if step is None else pl.col("step") == step)
+            ).to_dicts()
             assert len(row) == 1, (name, scope, step)
             r = row[0]
             b, d = g["bif"].to_numpy(), g["loo"].to_numpy()
@@ -154,15 +161,23 @@ def test_agreement_view_statistics(loo_run):
 @pytest.mark.parametrize(
     "extra, expect",
     [
-        ("  - {kind: loo}\n  - {kind: agreement, bif: nope}\n",
-         "spec.yaml:41: analyses.5.bif: no bif analysis named 'nope'; bif analyses: bif, train_on_left"),
-        ("  - {kind: loo, name: l1}\n  - {kind: agreement}\n",
-         "spec.yaml:41: analyses.5.loo: no loo analysis named 'loo'; loo analyses: l1"),
-        ("  - {kind: loo}\n  - {kind: agreement, bif: train_on_left}\n",
-         "spec.yaml:41: analyses.5.loo: targets differ: bif 'train_on_left' targets 'left' (data 'left'), "
-         "loo 'loo' targets 'train' (data 'train')"),
-        ("  - {kind: loo, left_out: [item0, dog]}\n",
-         "spec.yaml:40: analyses.4.left_out.1: no training sample 'dog'; items: item0, item1, item2, item3"),
+        (
+            "  - {kind: loo}\n  - {kind: agreement, bif: nope}\n",
+            "spec.yaml:41: analyses.5.bif: no bif analysis named 'nope'; bif analyses: bif, train_on_left",
+        ),
+        (
+            "  - {kind: loo, name: l1}\n  - {kind: agreement}\n",
+            "spec.yaml:41: analyses.5.loo: no loo analysis named 'loo'; loo analyses: l1",
+        ),
+        (
+            "  - {kind: loo}\n  - {kind: agreement, bif: train_on_left}\n",
+            "spec.yaml:41: analyses.5.loo: targets differ: bif 'train_on_left' targets 'left' (data 'left'), "
+            "loo 'loo' targets 'train' (data 'train')",
+        ),
+        (
+            "  - {kind: loo, left_out: [item0, dog]}\n",
+            "spec.yaml:40: analyses.4.left_out.1: no training sample 'dog'; items: item0, item1, item2, item3",
+        ),
         ("  - {kind: loo, target: nowhere}\n", "spec.yaml:40: analyses.4.target: no observable 'nowhere'"),
     ],
 )
@@ -173,19 +188,28 @@ def test_reference_errors_name_file_and_line(tmp_path, extra, expect):
 
 
 def test_loo_needs_in_spec_training(tmp_path):
-    text = TINY_SPEC.replace(
-        "training:\n  lr: 0.2\n  steps: 60\n  checkpoints:\n    steps: [10, 30, 60]\n    include_zero: false\n",
-        "checkpoints:\n  glob: 'ckpt/*.pt'\n",
-    ) + "  - kind: loo\n"
+    text = (
+        TINY_SPEC.replace(
+            "training:\n  lr: 0.2\n  steps: 60\n  checkpoints:\n    steps: [10, 30, 60]\n    include_zero: false\n",
+            "checkpoints:\n  glob: 'ckpt/*.pt'\n",
+        )
+        + "  - kind: loo\n"
+    )
     proc = sbif("validate", str(write_spec(tmp_path, text)), check=False)
     assert proc.returncode == 2 and "analyses.4.kind: loo retrains the model: it needs 'training'" in proc.stderr
 
 
 def test_left_out_subset_and_python_data_names(tmp_path):
-    keys = build_plan(Session(load_spec(write_spec(tmp_path, TINY_SPEC + "  - {kind: loo, left_out: [item1]}\n")),
-                              Store(tmp_path / "c.duckdb")))
+    keys = build_plan(
+        Session(
+            load_spec(write_spec(tmp_path, TINY_SPEC + "  - {kind: loo, left_out: [item1]}\n")),
+            Store(tmp_path / "c.duckdb"),
+        )
+    )
     assert [s.label for s in keys.stages if s.kind == "loo"] == ["loo: retrain without item1"]
-    user = write_spec(tmp_path, """\
+    user = write_spec(
+        tmp_path,
+        """\
         name: user_code
         device: cpu
         data: {kind: python, factory: tests.factories_for_tests:regression, options: {n: 6, d: 2}}
@@ -195,7 +219,9 @@ def test_left_out_subset_and_python_data_names(tmp_path):
           - kind: bif
           - kind: loo
             left_out: [pt01, pt99]
-        """, "user.yaml")
+        """,
+        "user.yaml",
+    )
     proc = sbif("plan", str(user), cache=tmp_path / "u.duckdb", check=False)
     assert proc.returncode == 2 and "user.yaml:9: analyses.1.left_out.1: no training sample 'pt99'" in proc.stderr
 

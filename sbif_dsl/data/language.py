@@ -113,9 +113,7 @@ class _TextStream:
         parts = [self.atom(0) for _ in range(n)]
         text = parts[0][:1].upper() + parts[0][1:]
         for p in parts[1:]:
-            text += (
-                _INNER_PUNCT[int(self.rng.integers(len(_INNER_PUNCT)))] if self.rng.random() < 0.15 else " "
-            )
+            text += _INNER_PUNCT[int(self.rng.integers(len(_INNER_PUNCT)))] if self.rng.random() < 0.15 else " "
             text += p
         return text + _SENTENCE_END[int(self.rng.integers(len(_SENTENCE_END)))]
 
@@ -178,16 +176,12 @@ def generate_windows(
     if not 1 <= lo <= hi:
         raise ValueError(f"span_len must be (min, max) with 1 <= min <= max, got {span_len}")
     if 2 * hi + min_gap > context:
-        raise ValueError(
-            f"two spans of up to {hi} chars plus a gap of {min_gap} do not fit in context {context}"
-        )
+        raise ValueError(f"two spans of up to {hi} chars plus a gap of {min_gap} do not fit in context {context}")
     if not 0.0 <= repeat_fraction <= 1.0:
         raise ValueError(f"repeat_fraction must be in [0, 1], got {repeat_fraction}")
     if not span_alphabet or not span_alphabet.isascii():
         raise ValueError("span_alphabet must be a non-empty ASCII string")
-    lexicon = _lexicon(
-        np.random.default_rng([seed, 0]), vocab_words
-    )  # one lexicon per seed, shared by splits
+    lexicon = _lexicon(np.random.default_rng([seed, 0]), vocab_words)  # one lexicon per seed, shared by splits
     rng = np.random.default_rng([seed, 1])
     stream = _TextStream(rng, lexicon, zipf_exponent, p_code, p_delimiter, p_number, max_depth)
     alphabet = np.array(list(span_alphabet))

@@ -13,7 +13,7 @@ def _pool(traces: Tensor) -> Tensor:
 
 
 def _cov_corr(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
-    """Sample Cov (ddof 1) and Pearson Corr between rows of a (n, N) and rows of b (q, N); Corr = 0 where a variance is 0."""
+    """Sample Cov (ddof 1) and Pearson Corr between rows of a (n, N) and b (q, N); Corr = 0 where a variance is 0."""
     n_draws = a.shape[1]
     ac = a - a.mean(dim=1, keepdim=True)  # (n, N)
     bc = b - b.mean(dim=1, keepdim=True)  # (q, N)

@@ -21,8 +21,7 @@ def _transformers():
         transformers.logging.disable_progress_bar()
     except ImportError:
         raise UsageError(
-            "model.kind hf_causal_lm needs the optional 'transformers' package; "
-            "hint: pip install 'sbif_dsl[hf]'"
+            "model.kind hf_causal_lm needs the optional 'transformers' package; hint: pip install 'sbif_dsl[hf]'"
         ) from None
     return transformers
 

@@ -124,9 +124,7 @@ def standard_sections(
             Section(
                 "Sample influence over training",
                 [
-                    charts.influence_chart(
-                        bif, value=value, pairs=sel, events=events, transitions=transitions
-                    ),
+                    charts.influence_chart(bif, value=value, pairs=sel, events=events, transitions=transitions),
                     charts.heatmap_grid(bif, heatmap_steps, value=value),
                     charts.heatmap_slider(bif, value=value),
                 ],

@@ -29,9 +29,7 @@ SIGN_NOTE = "−Cov; negative = helpful"
 
 def sign_note(value: str = "bif_cov") -> str:
     """The sign convention as a chart states it: "BIF = −Cov (normalized: −Corr); negative = helpful"."""
-    return (
-        "BIF = −Cov (normalized: −Corr); negative = helpful" if value == "bif_corr" else "BIF = " + SIGN_NOTE
-    )
+    return "BIF = −Cov (normalized: −Corr); negative = helpful" if value == "bif_corr" else "BIF = " + SIGN_NOTE
 
 
 VALUE_LABEL = {
@@ -247,9 +245,7 @@ def influence_chart(
         )
         .add_params(pick, _zoom())
     )
-    zero = (
-        alt.Chart(data(pl.DataFrame({"y": [0.0]}))).mark_rule(color="#333", strokeDash=[4, 3]).encode(y="y:Q")
-    )
+    zero = alt.Chart(data(pl.DataFrame({"y": [0.0]}))).mark_rule(color="#333", strokeDash=[4, 3]).encode(y="y:Q")
     layers: list[alt.Chart] = [*transition_bands(transitions), zero, lines]
     if events is not None and not events.is_empty():
         names = (df["source"] + "→" + df["target"]).unique().to_list()
@@ -269,9 +265,7 @@ def influence_chart(
                     shape=alt.Shape(
                         "event:N",
                         title="detected event",
-                        scale=alt.Scale(
-                            domain=list(EVENT_LABELS.values()), range=list(EVENT_SHAPES.values())
-                        ),
+                        scale=alt.Scale(domain=list(EVENT_LABELS.values()), range=list(EVENT_SHAPES.values())),
                     ),
                     tooltip=[
                         alt.Tooltip("event:N"),
@@ -303,9 +297,7 @@ def _matrix(bif: pl.DataFrame, value: str) -> tuple[pl.DataFrame, list[str], boo
     self_var = "source_idx" in df.columns
     if self_var:
         order = (
-            pl.concat(
-                [df.select(label="source", idx="source_idx"), df.select(label="target", idx="target_idx")]
-            )
+            pl.concat([df.select(label="source", idx="source_idx"), df.select(label="target", idx="target_idx")])
             .unique("label")
             .sort("idx", "label")["label"]
             .to_list()
@@ -346,9 +338,7 @@ def _heat_tips(value: str) -> list[alt.Tooltip]:
 
 
 def _heat_subtitle(value: str, self_var: bool, m: float) -> list[str]:
-    sub = [
-        f"{sign_note(value)}: blue = helpful, orange = harmful; rows: source (up-weighted), columns: target"
-    ]
+    sub = [f"{sign_note(value)}: blue = helpful, orange = harmful; rows: source (up-weighted), columns: target"]
     note = f"{VALUE_NOTE.get(value, value)}; colour scale ±{m:.3g}"
     if self_var:
         note += " (off-diagonal max; the diagonal is a self-variance and saturates)"
@@ -395,9 +385,7 @@ def heatmap_grid(
         raise ValueError(f"heatmap steps {missing} are not checkpoints of this frame (have {all_steps[:8]}…)")
     dropped = max(0, len(order) - max_items)
     order = order[:max_items]
-    df = df.filter(
-        pl.col("step").is_in(steps) & pl.col("source").is_in(order) & pl.col("target").is_in(order)
-    )
+    df = df.filter(pl.col("step").is_in(steps) & pl.col("source").is_in(order) & pl.col("target").is_in(order))
     m = _symmetric_domain(df, self_var)
     n = max(len(order), 1)
     room = row_width - 170  # first panel's labels and the legend
@@ -447,9 +435,7 @@ def heatmap_slider(
     order = order[:max_items]
     df = df.filter(pl.col("source").is_in(order) & pl.col("target").is_in(order))
     steps = sorted(df["step"].unique().to_list())
-    idx = pl.DataFrame(
-        {"step": steps, "ckpt": list(range(len(steps)))}, schema_overrides={"step": df.schema["step"]}
-    )
+    idx = pl.DataFrame({"step": steps, "ckpt": list(range(len(steps)))}, schema_overrides={"step": df.schema["step"]})
     df = df.join(idx, on="step")
     m = _symmetric_domain(df, self_var)
     n = max(len(order), 1)
@@ -484,9 +470,7 @@ def heatmap_slider(
         *_heat_subtitle(value, self_var, m),
         "drag the slider under the chart to step through all checkpoints",
     ]
-    return (
-        alt.vconcat(label, heat, data=data(df), spacing=4).add_params(ck).properties(title=_title(title, sub))
-    )
+    return alt.vconcat(label, heat, data=data(df), spacing=4).add_params(ck).properties(title=_title(title, sub))
 
 
 def induction_chart(
@@ -591,9 +575,7 @@ def section_chart(
         elif ch == "color" and chart == "heatmap" and sv.endswith(":Q"):
             col = sv.split(":")[0]
             m = float(df[col].drop_nans().abs().max() or 1.0) or 1.0
-            enc[ch] = alt.Color(
-                sv, scale=alt.Scale(scheme="blueorange", domain=[-m, m], domainMid=0, clamp=True)
-            )
+            enc[ch] = alt.Color(sv, scale=alt.Scale(scheme="blueorange", domain=[-m, m], domainMid=0, clamp=True))
         else:
             enc[ch] = sv
     if "tooltip" not in enc:

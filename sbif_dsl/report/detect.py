@@ -135,9 +135,7 @@ def loss_drops(
 # ------------------------------------------------------------------------------------ events/transitions
 
 
-def pairs_frame(
-    bif: pl.DataFrame, value: str = "bif_corr", pairs: Sequence[tuple] | None = None
-) -> pl.DataFrame:
+def pairs_frame(bif: pl.DataFrame, value: str = "bif_corr", pairs: Sequence[tuple] | None = None) -> pl.DataFrame:
     """Normalize the `bif` or `class_bif` view to (step, [analysis], source, target, value).
 
     `pairs`: optional list of (source, target) labels to keep (e.g. [("dog", "cat")])."""
@@ -160,9 +158,7 @@ def _one_study(df: pl.DataFrame | None, name: str) -> pl.DataFrame | None:
     if df is None or df.is_empty():
         return None
     if "study" in df.columns and df["study"].n_unique() > 1:
-        raise ValueError(
-            f"{name}: detection runs on one study at a time; got {df['study'].unique().to_list()}"
-        )
+        raise ValueError(f"{name}: detection runs on one study at a time; got {df['study'].unique().to_list()}")
     return df
 
 
@@ -355,9 +351,7 @@ def detect_events(
     """
     ev = _events(training_curve, llc_summary, bif_pairs, params or DetectParams(), curves)
     rows = [{k: e[k] for k in EVENT_COLUMNS} for e in ev]
-    return (
-        pl.DataFrame(rows, schema=_EVENT_SCHEMA, orient="row") if rows else pl.DataFrame(schema=_EVENT_SCHEMA)
-    )
+    return pl.DataFrame(rows, schema=_EVENT_SCHEMA, orient="row") if rows else pl.DataFrame(schema=_EVENT_SCHEMA)
 
 
 def _sweep(items: list[dict], tol: float) -> list[list[dict]]:
@@ -387,9 +381,7 @@ def _kind_labels(cl: list[dict]) -> list[str]:
 def _summarize(cl: list[dict], max_items: int) -> tuple[list[str], list[str]]:
     """what/evidence items of one transition: loss and LLC events one by one, BIF events grouped."""
     whats, evid = [], []
-    for e in sorted(
-        (e for e in cl if e["kind"] in _PRIMARY), key=lambda e: (_PRIMARY.index(e["kind"]), e["step"])
-    ):
+    for e in sorted((e for e in cl if e["kind"] in _PRIMARY), key=lambda e: (_PRIMARY.index(e["kind"]), e["step"])):
         whats.append(e["what"])
         evid.append(e["evidence"])
     groups: dict[tuple[str, str], list[dict]] = {}

@@ -186,9 +186,7 @@ def _stage_tables(stages: pl.DataFrame) -> str:
     order = stages.with_row_index("_i").group_by("kind").agg(pl.col("_i").min()).sort("_i")["kind"]
     summary = stages.group_by("kind").agg(agg)
     summary = order.to_frame().join(summary, on="kind", how="left")
-    cols = [
-        c for c in ("kind", "step", "status", "key", "created_at", "wall_s", "device") if c in stages.columns
-    ]
+    cols = [c for c in ("kind", "step", "status", "key", "created_at", "wall_s", "device") if c in stages.columns]
     full = stages.select(cols)
     if "key" in cols:
         full = full.with_columns(pl.col("key").str.slice(0, 16))
@@ -201,9 +199,7 @@ def _stage_tables(stages: pl.DataFrame) -> str:
     )
 
 
-def header_from_frames(
-    studies: pl.DataFrame, stages: pl.DataFrame | None = None, study: str | None = None
-) -> dict:
+def header_from_frames(studies: pl.DataFrame, stages: pl.DataFrame | None = None, study: str | None = None) -> dict:
     """The `render_report` header from the `studies` and `stages` views (one study)."""
     if studies.is_empty():
         raise ValueError("studies frame is empty")
@@ -261,15 +257,11 @@ def _header(h: Mapping[str, Any], toc: list[tuple[str, str]]) -> str:
     out.append(_meta(meta))
     keys = h.get("content_keys")
     if isinstance(keys, pl.DataFrame) and not keys.is_empty():
-        out.append(
-            "<details><summary>Content keys</summary>" + table_html(keys, max_rows=5000) + "</details>"
-        )
+        out.append("<details><summary>Content keys</summary>" + table_html(keys, max_rows=5000) + "</details>")
     elif isinstance(keys, Mapping) and keys:
         out.append("<details><summary>Content keys</summary>" + _meta(keys) + "</details>")
     if h.get("spec_yaml"):
-        out.append(
-            f'<details><summary>Spec (YAML)</summary><pre class="spec">{_esc(h["spec_yaml"])}</pre></details>'
-        )
+        out.append(f'<details><summary>Spec (YAML)</summary><pre class="spec">{_esc(h["spec_yaml"])}</pre></details>')
     stages = h.get("stages")
     if isinstance(stages, pl.DataFrame):
         out.append(_stage_tables(stages))

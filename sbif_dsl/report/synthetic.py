@@ -64,9 +64,7 @@ def demo_frames(seed: int = 0, study: str = "toy-demo", noise: float = 0.015) ->
     ck = np.array(checkpoint_steps())
     llc_true = 1.0 + 3.0 * sigmoid_up(ck, t1) + 2.0 * sigmoid_up(ck, t2) + 1.5 * sigmoid_up(ck, t3, 0.03)
     llc_rows = [
-        (study, int(s), c, float(v + rng.normal(0, 0.15)))
-        for c in range(4)
-        for s, v in zip(ck, llc_true, strict=True)
+        (study, int(s), c, float(v + rng.normal(0, 0.15))) for c in range(4) for s, v in zip(ck, llc_true, strict=True)
     ]
     llc = pl.DataFrame(llc_rows, schema=["study", "step", "chain", "llc"], orient="row")
     llc_summary = (
@@ -89,9 +87,7 @@ def demo_frames(seed: int = 0, study: str = "toy-demo", noise: float = 0.015) ->
             corr = shapes[lvl] + (0 if lvl == 3 else rng.normal(0, noise, ck.size))
             corr = np.clip(corr, -1, 1)
             for s, c in zip(ck, corr, strict=True):
-                bif_rows.append(
-                    (study, int(s), "pairs", "loss", i, a, "loss", j, b, float(c) * 2e-4, float(c))
-                )
+                bif_rows.append((study, int(s), "pairs", "loss", i, a, "loss", j, b, float(c) * 2e-4, float(c)))
     bif = pl.DataFrame(
         bif_rows,
         schema=[

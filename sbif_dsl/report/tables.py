@@ -42,9 +42,7 @@ def table_html(
     cols = dict(columns) if columns else {c: c for c in df.columns}
     rows = df.head(max_rows).select(list(cols)).iter_rows()
     numeric = {c for c in cols if df.schema[c].is_numeric()}
-    head = "".join(
-        f'<th class="{"num" if c in numeric else ""}">{_html.escape(h)}</th>' for c, h in cols.items()
-    )
+    head = "".join(f'<th class="{"num" if c in numeric else ""}">{_html.escape(h)}</th>' for c, h in cols.items())
     body = []
     for r in rows:
         cells = []

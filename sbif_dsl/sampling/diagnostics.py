@@ -116,8 +116,10 @@ def run_calibration_chains(
                 cfg.nbeta * grad_new.to(torch.float64) + cfg.gamma * (w_new64 - w0_64) + cfg.weight_decay * w_new64
             )
             if cfg.noise_level > 0:
-                log_alpha = (u - u_new) + _log_q(w64, w_new64, drift_new, G, cfg.eps, cfg.noise_level) - _log_q(
-                    w_new64, w64, drift, G, cfg.eps, cfg.noise_level
+                log_alpha = (
+                    (u - u_new)
+                    + _log_q(w64, w_new64, drift_new, G, cfg.eps, cfg.noise_level)
+                    - _log_q(w_new64, w64, drift, G, cfg.eps, cfg.noise_level)
                 )
                 alpha = torch.exp(log_alpha.clamp(max=0.0))  # (chains,)
                 alpha = torch.where(torch.isfinite(log_alpha), alpha, torch.full_like(alpha, float("nan")))
@@ -174,10 +176,19 @@ def summarize(res: CalibrationTrace, nbeta: float) -> dict:
     t, h = mean(trend), mean(half_shift)
     return {
         "chains": {
-            "llc": llc, "mean_loss": res.batch_losses.mean(dim=1), "trend": trend, "half_shift": half_shift,
-            "acceptance": acc, "diverged": ~ok, "diverged_at": res.diverged_at,
+            "llc": llc,
+            "mean_loss": res.batch_losses.mean(dim=1),
+            "trend": trend,
+            "half_shift": half_shift,
+            "acceptance": acc,
+            "diverged": ~ok,
+            "diverged_at": res.diverged_at,
         },
-        "llc_mean": mean(llc), "llc_std": llc_std, "trend": t, "half_shift": h,
+        "llc_mean": mean(llc),
+        "llc_std": llc_std,
+        "trend": t,
+        "half_shift": h,
         "stationary": bool(ok.any()) and abs(t) <= STATIONARY_MAX_DRIFT and abs(h) <= STATIONARY_MAX_DRIFT,
-        "acceptance": mean(acc), "divergences": int((~ok).sum()),
+        "acceptance": mean(acc),
+        "divergences": int((~ok).sum()),
     }

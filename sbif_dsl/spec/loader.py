@@ -126,7 +126,9 @@ def _model_at(path: Path_, data: Any) -> type[BaseModel] | None:
         model = None
         for c in candidates:
             kind_field = c.model_fields.get("kind")
-            if kind_field is None or (isinstance(node, dict) and node.get("kind") in typing.get_args(kind_field.annotation)):
+            if kind_field is None or (
+                isinstance(node, dict) and node.get("kind") in typing.get_args(kind_field.annotation)
+            ):
                 model = c
                 break
     return model
@@ -220,26 +222,32 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
         if names.count(names[i]) > 1:
             problems.append((("analyses", i), f"duplicate analysis name {names[i]!r}; give each a distinct 'name'"))
         refs = {
-            "bif": ["source", "target"], "loss_kernel": ["observable"], "class_bif": ["observable"],
-            "token_bif": ["observable"], "class_loss": ["observable"], "loo": ["target"],
+            "bif": ["source", "target"],
+            "loss_kernel": ["observable"],
+            "class_bif": ["observable"],
+            "token_bif": ["observable"],
+            "class_loss": ["observable"],
+            "loo": ["target"],
         }.get(a.kind, [])
         for field in refs:
             value = getattr(a, field)
             if value is not None and value not in obs_names:
-                problems.append(
-                    (("analyses", i, field), f"no observable {value!r}; declared: {', '.join(obs_names)}")
-                )
+                problems.append((("analyses", i, field), f"no observable {value!r}; declared: {', '.join(obs_names)}"))
     problems.extend(validation_problems(study))
     if study.data.kind == "hierarchy":
         items = set(study.data.names())
         for qname, members in study.data.query_sets.items():
             for j, m in enumerate(members):
                 if m not in items:
-                    problems.append((("data", "query_sets", qname, j), f"no item {m!r}; items: {', '.join(study.data.names())}"))
+                    problems.append(
+                        (("data", "query_sets", qname, j), f"no item {m!r}; items: {', '.join(study.data.names())}")
+                    )
         for i, pair in enumerate(study.report.pairs):
             for j, m in enumerate(pair):
                 if m not in items:
-                    problems.append((("report", "pairs", i, j), f"no sample {m!r}; items: {', '.join(study.data.names())}"))
+                    problems.append(
+                        (("report", "pairs", i, j), f"no sample {m!r}; items: {', '.join(study.data.names())}")
+                    )
     problems.extend(section_problems(study))
     return problems
 
@@ -271,23 +279,32 @@ def validation_problems(study: Study) -> list[tuple[Path_, str]]:
             if ref is None or ref.kind != kind:
                 declared = [n for n, b in by_name.items() if b.kind == kind]
                 problems.append(
-                    (("analyses", i, field), f"no {kind} analysis named {getattr(a, field)!r}; "
-                     f"{kind} analyses: {', '.join(declared) or '(none)'}")
+                    (
+                        ("analyses", i, field),
+                        f"no {kind} analysis named {getattr(a, field)!r}; "
+                        f"{kind} analyses: {', '.join(declared) or '(none)'}",
+                    )
                 )
         bif, loo = by_name.get(a.bif), by_name.get(a.loo)
         if bif is None or loo is None or bif.kind != "bif" or loo.kind != "loo":
             continue
         if data_of.get(bif.source) != "train":
             problems.append(
-                (("analyses", i, "bif"), f"bif analysis {a.bif!r} has source {bif.source!r}, not the training set; "
-                 "leave-one-out removes training samples, so compare a bif whose source observable has data: train")
+                (
+                    ("analyses", i, "bif"),
+                    f"bif analysis {a.bif!r} has source {bif.source!r}, not the training set; "
+                    "leave-one-out removes training samples, so compare a bif whose source observable has data: train",
+                )
             )
         bif_target = bif.target or bif.source
         bif_data, loo_data = data_of.get(bif_target), data_of.get(loo.target)
         if bif_data != loo_data:
             problems.append(
-                (("analyses", i, "loo"), f"targets differ: bif {a.bif!r} targets {bif_target!r} (data {bif_data!r}), "
-                 f"loo {a.loo!r} targets {loo.target!r} (data {loo_data!r})")
+                (
+                    ("analyses", i, "loo"),
+                    f"targets differ: bif {a.bif!r} targets {bif_target!r} (data {bif_data!r}), "
+                    f"loo {a.loo!r} targets {loo.target!r} (data {loo_data!r})",
+                )
             )
     return problems
 
@@ -310,7 +327,10 @@ def section_problems(study: Study) -> list[tuple[Path_, str]]:
             col = getattr(sec, channel)
             if col is not None and col.split(":")[0] not in columns:
                 problems.append(
-                    (("report", "sections", i, channel), f"no column {col!r} in the query; columns: {', '.join(columns)}")
+                    (
+                        ("report", "sections", i, channel),
+                        f"no column {col!r} in the query; columns: {', '.join(columns)}",
+                    )
                 )
         if sec.chart != "table" and (sec.x is None or sec.y is None):
             problems.append((("report", "sections", i, "chart"), f"a {sec.chart} chart needs x and y"))

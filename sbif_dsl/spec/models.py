@@ -114,9 +114,7 @@ class TextFilesData(Base):
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="How text becomes tokens.")
 
 
-Data = Annotated[
-    HierarchyData | PythonData | SyntheticLanguageData | TextFilesData, Field(discriminator="kind")
-]
+Data = Annotated[HierarchyData | PythonData | SyntheticLanguageData | TextFilesData, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- models
@@ -165,9 +163,7 @@ class HFCausalLM(Base):
     path: str = Field(description="Local folder with config.json (architecture), relative to the spec.")
 
 
-Model = Annotated[
-    DeepLinearModel | PythonModel | TransformerModel | HFCausalLM, Field(discriminator="kind")
-]
+Model = Annotated[DeepLinearModel | PythonModel | TransformerModel | HFCausalLM, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -47,7 +47,10 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_agreement": {
-                "bif_analysis": [a.bif], "loo_analysis": [a.loo], "value": [a.value], "diagonal": [a.diagonal],
+                "bif_analysis": [a.bif],
+                "loo_analysis": [a.loo],
+                "value": [a.value],
+                "diagonal": [a.diagonal],
             }
         }
     )

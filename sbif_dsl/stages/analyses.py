@@ -53,9 +53,13 @@ def run_bif(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_bif": {
-                "source_observable": [a.source] * i.size, "source_idx": i,
-                "target_observable": [target] * i.size, "target_idx": j,
-                "bif_cov": cov, "bif_corr": corr, "value": corr if a.normalize == "pearson" else cov,
+                "source_observable": [a.source] * i.size,
+                "source_idx": i,
+                "target_observable": [target] * i.size,
+                "target_idx": j,
+                "bif_cov": cov,
+                "bif_corr": corr,
+                "value": corr if a.normalize == "pearson" else cov,
             }
         }
     )
@@ -73,8 +77,10 @@ def run_llc(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_llc": {
-                "chain": np.arange(chains), "llc": llc.numpy().astype(float),
-                "init_loss": [summary["init_loss"]] * chains, "mean_loss": batch_losses.mean(dim=1).numpy(),
+                "chain": np.arange(chains),
+                "llc": llc.numpy().astype(float),
+                "init_loss": [summary["init_loss"]] * chains,
+                "mean_loss": batch_losses.mean(dim=1).numpy(),
             }
         }
     )
@@ -87,8 +93,11 @@ def run_loss_kernel(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_loss_kernel": {
-                "observable": [a.observable] * i.size, "i": i, "j": j,
-                "cov": cov.numpy().ravel(), "corr": corr.numpy().ravel(),
+                "observable": [a.observable] * i.size,
+                "i": i,
+                "j": j,
+                "cov": cov.numpy().ravel(),
+                "corr": corr.numpy().ravel(),
             }
         }
     )

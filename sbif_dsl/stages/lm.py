@@ -44,7 +44,9 @@ def build(session, analysis, parent: Stage, tokens_key: str | None) -> Stage:
 def _observable_set(session, observable: str) -> str:
     data_set = next(o.data for o in session.study.observables if o.name == observable)
     if not token_stage.is_token_set(session, data_set):
-        raise UsageError(f"observable {observable!r} does not hold token sequences; class/token analyses need a language dataset")
+        raise UsageError(
+            f"observable {observable!r} does not hold token sequences; class/token analyses need a language dataset"
+        )
     return data_set
 
 
@@ -61,9 +63,12 @@ def run_class_bif(session, stage: Stage, out_dir: Path) -> StageOutput:
         tables={
             "r_class_bif": {
                 "observable": [a.observable] * i.size,
-                "source_class": [names[k] for k in i], "target_class": [names[k] for k in j],
-                "bif_cov": neg_cov.numpy().ravel(), "bif_corr": neg_corr.numpy().ravel(),
-                "n_source": [sizes[k] for k in i], "n_target": [sizes[k] for k in j],
+                "source_class": [names[k] for k in i],
+                "target_class": [names[k] for k in j],
+                "bif_cov": neg_cov.numpy().ravel(),
+                "bif_corr": neg_corr.numpy().ravel(),
+                "n_source": [sizes[k] for k in i],
+                "n_target": [sizes[k] for k in j],
             }
         }
     )
@@ -94,8 +99,12 @@ def run_token_bif(session, stage: Stage, out_dir: Path) -> StageOutput:
         tables={
             "r_token_bif": {
                 "observable": [a.observable] * i.size,
-                "source_idx": seq_idx[i], "source_pos": pos_idx[i], "target_idx": seq_idx[j], "target_pos": pos_idx[j],
-                "bif_cov": neg_cov.numpy().ravel(), "bif_corr": neg_corr.numpy().ravel(),
+                "source_idx": seq_idx[i],
+                "source_pos": pos_idx[i],
+                "target_idx": seq_idx[j],
+                "target_pos": pos_idx[j],
+                "bif_cov": neg_cov.numpy().ravel(),
+                "bif_corr": neg_corr.numpy().ravel(),
             }
         }
     )
@@ -117,14 +126,21 @@ def run_induction_score(session, stage: Stage, out_dir: Path) -> StageOutput:
     # token seen in training (untrained embeddings would understate the score).
     pool = session.dataset.meta.get("induction_token_pool") or torch.unique(session.dataset.train.inputs).tolist()
     try:
-        res = induction_score(module, a.seq_len or context, a.n_seqs, session.tokenizer.vocab_size,
-                              seed=session.study.seed, token_pool=pool)
+        res = induction_score(
+            module,
+            a.seq_len or context,
+            a.n_seqs,
+            session.tokenizer.vocab_size,
+            seed=session.study.seed,
+            token_pool=pool,
+        )
     except TypeError as e:
         raise UsageError(f"induction_score: {e}") from None
     return StageOutput(
         tables={
             "r_induction": {
-                "score": [float(res["score"])], "loss_first_copy": [float(res["loss_first_copy"])],
+                "score": [float(res["score"])],
+                "loss_first_copy": [float(res["loss_first_copy"])],
                 "loss_second_copy": [float(res["loss_second_copy"])],
             }
         }
@@ -137,10 +153,14 @@ def run_class_loss(session, stage: Stage, out_dir: Path) -> StageOutput:
     module = _module_at(session, stage.payload["checkpoint"])
     s = session.dataset.sets()[data_set]
     with torch.no_grad():
-        losses = torch.cat([
-            session.dataset.loss(module(session.on_device(s.inputs[i : i + 256])), session.on_device(s.targets[i : i + 256])).cpu()
-            for i in range(0, len(s), 256)
-        ]).to(torch.float64)  # (n, T-1)
+        losses = torch.cat(
+            [
+                session.dataset.loss(
+                    module(session.on_device(s.inputs[i : i + 256])), session.on_device(s.targets[i : i + 256])
+                ).cpu()
+                for i in range(0, len(s), 256)
+            ]
+        ).to(torch.float64)  # (n, T-1)
     names, masks = token_stage.masks_for(session, data_set)  # (classes, n, T-1)
     m = masks.to(torch.float64)
     counts = m.sum(dim=(1, 2))
@@ -148,7 +168,8 @@ def run_class_loss(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_class_loss": {
-                "observable": [a.observable] * len(names), "class": names,
+                "observable": [a.observable] * len(names),
+                "class": names,
                 "loss": [float(v) if c > 0 else None for v, c in zip(means, counts)],
                 "n_tokens": counts.to(torch.int64).tolist(),
             }
@@ -157,6 +178,8 @@ def run_class_loss(session, stage: Stage, out_dir: Path) -> StageOutput:
 
 
 RUNNERS = {
-    "class_bif": run_class_bif, "token_bif": run_token_bif,
-    "induction_score": run_induction_score, "class_loss": run_class_loss,
+    "class_bif": run_class_bif,
+    "token_bif": run_token_bif,
+    "induction_score": run_induction_score,
+    "class_loss": run_class_loss,
 }

@@ -70,13 +70,18 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise UsageError(f"{stage.payload['path']}: weights do not fit the spec's model: {str(e).splitlines()[0]}") from None
+        raise UsageError(
+            f"{stage.payload['path']}: weights do not fit the spec's model: {str(e).splitlines()[0]}"
+        ) from None
     session.check_loss_contract(module)
     return StageOutput(
         tables={
             "r_checkpoints": {
-                "step": [stage.step], "weights_sha256": [stage.fields["weights_file_sha256"]],
-                "source": [stage.payload["path"]], "lineage": [None], "train_loss": [None],
+                "step": [stage.step],
+                "weights_sha256": [stage.fields["weights_file_sha256"]],
+                "source": [stage.payload["path"]],
+                "lineage": [None],
+                "train_loss": [None],
             }
         }
     )

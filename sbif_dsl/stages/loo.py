@@ -61,8 +61,13 @@ def build(session, analysis, index: int, dataset_key: str, checkpoints: list[Sta
             kind="loo",
             version=VERSION,
             fields={
-                **lineage, "steps": steps, "left_out_idx": i, "left_out": names[i], "target_set": target_set,
-                "analysis": analysis.model_dump(mode="json"), "name": name,
+                **lineage,
+                "steps": steps,
+                "left_out_idx": i,
+                "left_out": names[i],
+                "target_set": target_set,
+                "analysis": analysis.model_dump(mode="json"),
+                "name": name,
             },
             inputs=[dataset_key, *(c.key for c in checkpoints)],
             run=run,
@@ -142,7 +147,10 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_loo": {
-                **rows, "left_out_idx": [i] * m, "left_out": [left_name] * m, "target_set": [target_set] * m,
+                **rows,
+                "left_out_idx": [i] * m,
+                "left_out": [left_name] * m,
+                "target_set": [target_set] * m,
             }
         }
     )

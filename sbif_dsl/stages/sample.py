@@ -66,7 +66,10 @@ def _write_traces(path: Path, traces: dict[str, np.ndarray]) -> None:
             pa.table(
                 {
                     "observable": pa.DictionaryArray.from_arrays(np.zeros(chain.size, np.int32), [obs]),
-                    "sample_idx": idx, "pos": pos, "chain": chain, "draw": draw,
+                    "sample_idx": idx,
+                    "pos": pos,
+                    "chain": chain,
+                    "draw": draw,
                     "loss": arr4.astype(np.float32, copy=False).ravel(),
                 }
             )
@@ -86,7 +89,9 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
     tracked = [(session.on_device(sets[o.data].inputs), session.on_device(sets[o.data].targets)) for o in observables]
     cfg = sampler_config(session)
     try:
-        res = run_chains(session.loss_fn(module), params0, train, tracked, cfg, seed=stage.seed, progress=session.progress)
+        res = run_chains(
+            session.loss_fn(module), params0, train, tracked, cfg, seed=stage.seed, progress=session.progress
+        )
     except NonFiniteError as e:
         raise NonFiniteError(e.chain, e.draw, context=f"checkpoint step {ckpt.step}") from None
 

@@ -55,7 +55,9 @@ def masks_for(session, data_set: str) -> tuple[list[str], torch.Tensor]:
     key = ("class_masks", data_set)
     if key not in session.memo:
         tokens = session.dataset.sets()[data_set].inputs
-        session.memo[key] = class_masks(tokens, rules(session), session.tokenizer, effective_classes(session.study).remainder)
+        session.memo[key] = class_masks(
+            tokens, rules(session), session.tokenizer, effective_classes(session.study).remainder
+        )
     return session.memo[key]
 
 
@@ -66,14 +68,21 @@ def is_token_set(session, data_set: str) -> bool:
 
 def build(session, dataset_key: str) -> Stage:
     spec = effective_classes(session.study)
-    code = {n: factories.code_fingerprint(factories.resolve(r.factory, session.spec.base_dir))
-            for n, r in spec.rules.items() if r.kind == "python"}
+    code = {
+        n: factories.code_fingerprint(factories.resolve(r.factory, session.spec.base_dir))
+        for n, r in spec.rules.items()
+        if r.kind == "python"
+    }
     data_sets = sorted({o.data for o in session.study.observables if is_token_set(session, o.data)})
     return Stage(
         kind="token_classes",
         version=VERSION,
-        fields={"classes": spec.model_dump(mode="json"), "code": code, "data_sets": data_sets,
-                "tokenizer": getattr(session.tokenizer, "name", "byte")},
+        fields={
+            "classes": spec.model_dump(mode="json"),
+            "code": code,
+            "data_sets": data_sets,
+            "tokenizer": getattr(session.tokenizer, "name", "byte"),
+        },
         inputs=[dataset_key],
         run=run,
         label="token classes",

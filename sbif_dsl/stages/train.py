@@ -162,11 +162,15 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
     return StageOutput(
         tables={
             "r_checkpoints": {
-                "step": [target], "weights_sha256": [state_digest(model_state)], "source": ["trained"],
-                "lineage": [lineage], "train_loss": [final_loss],
+                "step": [target],
+                "weights_sha256": [state_digest(model_state)],
+                "source": ["trained"],
+                "lineage": [lineage],
+                "train_loss": [final_loss],
             },
             "r_training_curve": {
-                "lineage": [lineage] * len(curve_steps), "step": curve_steps,
+                "lineage": [lineage] * len(curve_steps),
+                "step": curve_steps,
                 "loss": [float(v) for v in torch.stack(curve_losses).cpu()],
             },
         },

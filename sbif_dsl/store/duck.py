@@ -154,7 +154,9 @@ class Store:
 
     def artifact(self, key: str, name: str, verify: bool = False) -> Path:
         with self.connect(read_only=True, views=False) as con:
-            row = con.execute("SELECT relpath, sha256 FROM artifacts WHERE key = ? AND name = ?", [key, name]).fetchone()
+            row = con.execute(
+                "SELECT relpath, sha256 FROM artifacts WHERE key = ? AND name = ?", [key, name]
+            ).fetchone()
         if row is None:
             raise SbifError(f"artifact {name!r} of stage {key[:12]} is not in the cache")
         path = self.root / row[0]
@@ -173,7 +175,10 @@ class Store:
         with self.connect(read_only=True, views=False) as con:
             con.execute("CREATE TEMP TABLE want (key VARCHAR)")
             con.executemany("INSERT INTO want VALUES (?)", [[k] for k in keys])
-            done = {r[0] for r in con.execute("SELECT key FROM stage_registry WHERE key IN (SELECT key FROM want)").fetchall()}
+            done = {
+                r[0]
+                for r in con.execute("SELECT key FROM stage_registry WHERE key IN (SELECT key FROM want)").fetchall()
+            }
             arts = con.execute("SELECT key, relpath FROM artifacts WHERE key IN (SELECT key FROM want)").fetchall()
         for key, rel in arts:
             if key in done and not (self.root / rel).exists():
@@ -199,7 +204,12 @@ class Store:
                     n = len(next(iter(columns.values()))) if columns else 0
                     if n == 0:
                         continue
-                    arrow = pa.table({"key": [rec.key] * n, **{c: list(v) if not hasattr(v, "dtype") else v for c, v in columns.items()}})
+                    arrow = pa.table(
+                        {
+                            "key": [rec.key] * n,
+                            **{c: list(v) if not hasattr(v, "dtype") else v for c, v in columns.items()},
+                        }
+                    )
                     con.register("incoming", arrow)
                     cols = ", ".join(arrow.column_names)
                     con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
@@ -209,9 +219,19 @@ class Store:
                 con.execute(
                     "INSERT INTO stage_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [
-                        rec.key, rec.kind, rec.version, rec.step, rec.analysis, rec.parent, rec.label,
-                        json.dumps(rec.fields, sort_keys=True), json.dumps(rec.inputs),
-                        json.dumps(rec.provenance, sort_keys=True), rec.device, rec.seed, rec.wall_s,
+                        rec.key,
+                        rec.kind,
+                        rec.version,
+                        rec.step,
+                        rec.analysis,
+                        rec.parent,
+                        rec.label,
+                        json.dumps(rec.fields, sort_keys=True),
+                        json.dumps(rec.inputs),
+                        json.dumps(rec.provenance, sort_keys=True),
+                        rec.device,
+                        rec.seed,
+                        rec.wall_s,
                         datetime.now(UTC).replace(tzinfo=None),
                     ],
                 )
@@ -239,8 +259,16 @@ class Store:
             con.execute("DELETE FROM study_registry WHERE study = ?", [study])
             con.execute(
                 "INSERT INTO study_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [study, info.get("title"), info.get("description"), info.get("spec_path"), info.get("spec_hash"),
-                 info.get("spec_yaml"), info.get("seed"), datetime.now(UTC).replace(tzinfo=None)],
+                [
+                    study,
+                    info.get("title"),
+                    info.get("description"),
+                    info.get("spec_path"),
+                    info.get("spec_hash"),
+                    info.get("spec_yaml"),
+                    info.get("seed"),
+                    datetime.now(UTC).replace(tzinfo=None),
+                ],
             )
             con.execute("COMMIT")
 
@@ -288,7 +316,9 @@ class Store:
         """Check every artifact's checksum; with fix, drop stages whose files are missing or corrupt."""
         with self.connect(read_only=not fix, views=False) as con:
             rows = con.execute("SELECT key, relpath, sha256 FROM artifacts").fetchall()
-        bad = sorted({k for k, rel, digest in rows if not (self.root / rel).exists() or file_sha256(self.root / rel) != digest})
+        bad = sorted(
+            {k for k, rel, digest in rows if not (self.root / rel).exists() or file_sha256(self.root / rel) != digest}
+        )
         if fix and bad:
             with self.connect(views=False) as con:
                 con.execute("BEGIN TRANSACTION")

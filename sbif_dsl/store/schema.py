@@ -51,7 +51,9 @@ CREATE TABLE IF NOT EXISTS r_loss_kernel (
 CREATE TABLE IF NOT EXISTS r_tokens (
     key VARCHAR, data_set VARCHAR, sample_idx INTEGER, pos INTEGER, token_id BIGINT, token_text VARCHAR
 );
-CREATE TABLE IF NOT EXISTS r_token_classes (key VARCHAR, data_set VARCHAR, sample_idx INTEGER, pos INTEGER, class VARCHAR);
+CREATE TABLE IF NOT EXISTS r_token_classes (
+    key VARCHAR, data_set VARCHAR, sample_idx INTEGER, pos INTEGER, class VARCHAR
+);
 CREATE TABLE IF NOT EXISTS r_class_bif (
     key VARCHAR, observable VARCHAR, source_class VARCHAR, target_class VARCHAR, bif_cov DOUBLE, bif_corr DOUBLE,
     n_source BIGINT, n_target BIGINT

@@ -77,7 +77,8 @@ VIEWS: dict[str, str] = {
                b.bif_cov, b.bif_corr
         FROM {_SCOPE} JOIN r_token_bif b ON b.key = sr.key
         JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.observable AND src.sample_idx = b.source_idx
-        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.observable AND tgt.sample_idx = b.target_idx""",
+        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.observable
+                          AND tgt.sample_idx = b.target_idx""",
     "induction_score": f"""
         SELECT ss.study, sr.step, sr.analysis, i.score, i.loss_first_copy, i.loss_second_copy
         FROM {_SCOPE} JOIN r_induction i ON i.key = sr.key""",
@@ -100,12 +101,13 @@ _AGREE = """count(*) AS n_pairs,
                sum(abs(loo) * CASE WHEN sign(bif) = sign(loo) THEN 1.0 ELSE 0.0 END) / nullif(sum(abs(loo)), 0)
                    AS sign_agreement_weighted"""
 
-VIEWS.update({
-    "loo": f"""
+VIEWS.update(
+    {
+        "loo": f"""
         SELECT ss.study, l.step, sr.analysis, l.left_out_idx, l.left_out, l.target_set, l.target_idx, l.target,
                l.loss_full, l.loss_loo, l.delta
         FROM {_SCOPE} JOIN r_loo l ON l.key = sr.key""",
-    "agreement_pairs": f"""
+        "agreement_pairs": f"""
         SELECT c.study, c.analysis, c.bif_analysis, c.loo_analysis, c.value AS bif_value, b.step,
                b.source_idx, b.source, b.target_idx, b.target,
                CASE c.value WHEN 'bif_cov' THEN b.bif_cov ELSE b.bif_corr END AS bif, l.delta AS loo
@@ -115,7 +117,7 @@ VIEWS.update({
         JOIN loo l ON l.study = c.study AND l.analysis = c.loo_analysis AND l.step = b.step
                   AND l.left_out = b.source AND l.target = b.target
         WHERE c.diagonal OR b.source <> b.target""",
-    "agreement": f"""
+        "agreement": f"""
         WITH r AS (
             SELECT *,
                    {_AVG_RANK.format(p="study, analysis, step", x="bif")} AS rb_step,
@@ -130,20 +132,21 @@ VIEWS.update({
         SELECT study, analysis, bif_analysis, loo_analysis, bif_value, 'overall' AS scope, NULL::BIGINT AS step,
                {_AGREE.format(rb="rb_all", rl="rl_all")}
         FROM r GROUP BY study, analysis, bif_analysis, loo_analysis, bif_value""",
-    "calibration": f"""
+        "calibration": f"""
         SELECT {_CAL_STUDY}, sr.step, c.method, c.eps, c.gamma, c.nbeta, c.chains, c.draws, c.burn_in,
                c.steps_between_draws, c.batch_size, c.llc_mean, c.llc_std, c.trend, c.half_shift, c.stationary,
                c.acceptance, c.divergences, c.init_loss, sr.wall_s, sr.key
         FROM {_CAL_SCOPE} {_CAL_WHERE}""",
-    "calibration_chains": f"""
+        "calibration_chains": f"""
         SELECT {_CAL_STUDY}, sr.step, c.method, c.eps, c.gamma, c.nbeta, h.chain, h.llc, h.mean_loss, h.trend,
                h.half_shift, h.acceptance, h.diverged, h.diverged_at, sr.key
         FROM {_CAL_SCOPE} JOIN r_calibration_chains h ON h.key = sr.key {_CAL_WHERE}""",
-    "calibration_draws": f"""
+        "calibration_draws": f"""
         SELECT {_CAL_STUDY}, sr.step, c.method, c.eps, c.gamma, c.nbeta, d.chain, d.draw, d.loss, d.acceptance,
                sr.key
         FROM {_CAL_SCOPE} JOIN r_calibration_draws d ON d.key = sr.key {_CAL_WHERE}""",
-})
+    }
+)
 
 VIEW_DOCS: dict[str, str] = {
     "studies": "one row per study: title, spec text and hash, seed",

@@ -176,9 +176,7 @@ def class_masks(
     names = list(rules)
     masks = [_as_rule(rules[name]).token_mask(tokens, tokenizer)[:, 1:] for name in names]  # each (n, T-1)
     if remainder is not None:
-        claimed = (
-            torch.stack(masks).any(dim=0) if masks else torch.zeros_like(tokens[:, 1:], dtype=torch.bool)
-        )
+        claimed = torch.stack(masks).any(dim=0) if masks else torch.zeros_like(tokens[:, 1:], dtype=torch.bool)
         masks.append(~claimed)  # (n, T-1)
         names.append(remainder)
     return names, torch.stack(masks)  # (n_classes, n, T-1)

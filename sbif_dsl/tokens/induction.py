@@ -27,14 +27,10 @@ def repeated_block_tokens(
     block = seq_len // 2
     if block < 2:
         raise ValueError(f"seq_len must be at least 4, got {seq_len}")
-    pool = torch.as_tensor(
-        list(token_pool) if token_pool is not None else range(vocab_size), dtype=torch.int64
-    )
+    pool = torch.as_tensor(list(token_pool) if token_pool is not None else range(vocab_size), dtype=torch.int64)
     g = torch.Generator().manual_seed(seed)
     if pool.numel() >= block:
-        idx = torch.stack(
-            [torch.randperm(pool.numel(), generator=g)[:block] for _ in range(n_seqs)]
-        )  # (n, block)
+        idx = torch.stack([torch.randperm(pool.numel(), generator=g)[:block] for _ in range(n_seqs)])  # (n, block)
     else:
         idx = torch.randint(0, pool.numel(), (n_seqs, block), generator=g)  # (n, block)
     first = pool[idx]  # (n, block)
@@ -76,9 +72,7 @@ def induction_score(
     model.eval()
     try:
         device = next(model.parameters()).device
-        tokens = repeated_block_tokens(seq_len, n_seqs, vocab_size, seed, token_pool).to(
-            device
-        )  # (n, 2·block)
+        tokens = repeated_block_tokens(seq_len, n_seqs, vocab_size, seed, token_pool).to(device)  # (n, 2·block)
         block = tokens.shape[1] // 2
         attn = model.attention_patterns(tokens)  # (layers, n, heads, T, T)
         per_head = score_from_attention(attn, block)  # (layers, heads)

@@ -92,8 +92,7 @@ class HFTokenizerFile:
             from tokenizers import Tokenizer as _HFTokenizer
         except ImportError as e:  # optional extra
             raise ImportError(
-                "HFTokenizerFile needs the 'tokenizers' package: pip install tokenizers "
-                "(or pip install 'sbif_dsl[hf]')"
+                "HFTokenizerFile needs the 'tokenizers' package: pip install tokenizers (or pip install 'sbif_dsl[hf]')"
             ) from e
         self.path = Path(path)
         if not self.path.is_file():
