@@ -10,6 +10,12 @@ the per-chain epoch permutations (when an epoch starts, minibatch runs only) and
 noise. They are drawn for all chains at once whether the chains then run vmapped or in the fallback loop,
 so both paths see the same numbers: chain c of a stacked run is the single-chain computation with chain c's
 noise and minibatches.
+
+Vectorized or looped: vmap wins where per-call overhead dominates (small models, accelerators). On a CPU, once a
+call carries tens of MFLOPs per chain, or where vmap has no batching rule for an op (fused attention) and loops
+over the chains internally anyway, a plain loop over chains with large batches and ordinary autograd is faster
+(measured in benchmarks/README.md). `vectorize=None` picks per call site (step, tracked evaluation) from a FLOP
+count of one probe sample; the choice depends only on the model and the shapes, so a run stays reproducible.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
+from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import NonFiniteError
 
@@ -31,6 +38,8 @@ ParamLossFn = Callable[[dict[str, Tensor], Tensor, Tensor], Tensor]
 
 _BLOCK_BYTES = 256 * 2**20  # device memory for one block of draws before it is copied to the host
 _MAX_BLOCK_DRAWS = 64  # also the cadence of the finiteness check: one host sync per block
+_EVAL_ELEMENTS = 1 << 14  # loss elements (samples × tokens) per evaluation call and chain: bounds activations
+_LOOP_MIN_FLOPS = 1 << 26  # on CPU, a call of at least this many FLOPs per chain runs as a loop over chains
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -93,21 +102,23 @@ class ChainResult:
 
 
 class _OverChains:
-    """fn vmapped over the leading chain dim of the arguments whose in_dim is 0.
+    """fn vmapped over the leading chain dim of the arguments whose in_dim is 0, or looped over the chains.
 
-    Fallback: some models cannot be vmapped (in-place buffer updates, data-dependent control flow, `.item()`).
-    Then the same fn runs once per chain in a Python loop and the outputs are stacked: the same math and the
-    same random numbers (drawn for all chains before the call), only slower. The switch warns once.
+    vectorize=False runs `loop_fn` (default: fn) once per chain and stacks the outputs: the same math and the same
+    random numbers (drawn for all chains before the call). It is also the fallback when a model cannot be vmapped
+    (in-place buffer updates, data-dependent control flow, `.item()`); the switch warns once. With `out`, results
+    are written straight into that (chains, ...) tensor instead of being stacked.
     """
 
-    def __init__(self, fn: Callable, in_dims: tuple, chains: int, vectorize: bool):
+    def __init__(self, fn: Callable, in_dims: tuple, chains: int, vectorize: bool, loop_fn: Callable | None = None):
         self.fn, self.in_dims, self.chains, self.vectorize = fn, in_dims, chains, vectorize
+        self.loop_fn = loop_fn if loop_fn is not None else fn
         self._vmapped = vmap(fn, in_dims=in_dims)
 
-    def __call__(self, *args: Tensor):
+    def __call__(self, *args: Tensor, out: Tensor | None = None):
         if self.vectorize:
             try:
-                return self._vmapped(*args)
+                res = self._vmapped(*args)
             except (RuntimeError, NotImplementedError) as err:
                 first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                 warnings.warn(
@@ -116,13 +127,58 @@ class _OverChains:
                     stacklevel=2,
                 )
                 self.vectorize = False
-        outs = [self.fn(*self._chain_args(args, c)) for c in range(self.chains)]
+            else:
+                return res if out is None else out.copy_(res)
+        if out is not None:
+            for c in range(self.chains):
+                out[c] = self.loop_fn(*self._chain_args(args, c))
+            return out
+        outs = [self.loop_fn(*self._chain_args(args, c)) for c in range(self.chains)]
         if isinstance(outs[0], tuple):
             return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
         return torch.stack(outs)
 
     def _chain_args(self, args: tuple[Tensor, ...], c: int) -> list[Tensor]:
         return [a[c] if d == 0 else a for a, d in zip(args, self.in_dims, strict=True)]
+
+
+def _autograd_grad_and_value(fn: Callable[..., Tensor]) -> Callable[..., tuple[Tensor, Tensor]]:
+    """grad_and_value(fn) w.r.t. the first argument with plain autograd: for one chain outside vmap it skips
+    torch.func's per-op wrapping (~10% of a small transformer's step, measured)."""
+
+    def grad_and_value_(w: Tensor, *args: Tensor) -> tuple[Tensor, Tensor]:
+        with torch.enable_grad():
+            w = w.detach().requires_grad_(True)
+            value = fn(w, *args)
+            (grad,) = torch.autograd.grad(value, w)
+        return grad, value.detach()
+
+    return grad_and_value_
+
+
+def _vmap_falls_back(probe: Callable[[], object]) -> bool:
+    """Whether a vmapped probe call hits an op without a batching rule, which vmap then runs as a per-chain loop
+    (its "batching rule" performance warning); an error counts as no: the call site tries vmap and falls back."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with torch.no_grad():
+                probe()
+        except (RuntimeError, NotImplementedError):
+            return False
+    return any("batching rule" in str(w.message) for w in caught)
+
+
+def _forward_flops(loss_fn: ParamLossFn, params: dict[str, Tensor], x: Tensor, y: Tensor) -> tuple[Tensor, int]:
+    """loss_fn's output for one sample and the FLOPs (matmuls, convolutions, attention) that forward took."""
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            out = loss_fn(params, x, y)
+        return out, counter.get_total_flops()
+    except Exception:  # a model the counter cannot trace: count nothing, decide by the probe alone
+        with torch.no_grad():
+            return loss_fn(params, x, y), 0
 
 
 def _minibatch_indices(n: int, batch: int, chains: int, gen: torch.Generator) -> Iterator[Tensor]:
@@ -147,8 +203,11 @@ def _first_nonfinite(batch_losses: Tensor, traces: list[Tensor]) -> tuple[int, i
 
 @torch.no_grad()
 def _mean_loss_over(loss_fn: ParamLossFn, params: dict, x: Tensor, y: Tensor, batch: int) -> float:
-    """Mean over all elements of loss_fn's output for the whole set, evaluated in batches."""
+    """Mean over all elements of loss_fn's output for the whole set, in batches of at most `batch` samples and
+    _EVAL_ELEMENTS loss elements (a language model's activations grow with tokens, not samples)."""
     total, count = torch.zeros((), dtype=torch.float64, device=x.device), 0
+    per_sample = max(1, loss_fn(params, x[:1], y[:1]).numel()) if x.shape[0] else 1
+    batch = max(1, min(batch, _EVAL_ELEMENTS // per_sample))
     for s in range(0, x.shape[0], batch):
         losses = loss_fn(params, x[s : s + batch], y[s : s + batch])
         total += losses.to(torch.float64).sum()
@@ -166,14 +225,16 @@ def run_chains(
     seed: int,
     eval_batch_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
-    vectorize: bool = True,
+    vectorize: bool | None = None,
 ) -> ChainResult:
     """Sample cfg.chains SGLD chains from w* = params0 and record every tracked sample's loss at every draw.
 
     loss_fn(params, inputs, targets) -> [B] or [B, T] per-sample (per-token) losses for one set of params;
     the minibatch loss L_batch is the mean of all its elements. Schedule: burn_in steps, then a draw after
     every steps_between_draws steps, with the tracked losses evaluated at the post-step weights.
-    vectorize=False forces the per-chain loop (the automatic fallback when a model cannot be vmapped).
+    Tracked sets are evaluated without gradients in calls of at most eval_batch_size samples and
+    _EVAL_ELEMENTS loss elements per chain. vectorize: True = vmap over chains, False = loop over chains (the
+    automatic fallback when a model cannot be vmapped), None = choose per call site (see the module docstring).
     Raises NonFiniteError naming the first chain/draw at which a batch or tracked loss is NaN/Inf.
     """
     t_start = time.perf_counter()
@@ -200,21 +261,42 @@ def run_chains(
     x_train, y_train = train
     n_train = x_train.shape[0]
     full_batch = cfg.batch_size is None or cfg.batch_size >= n_train
+    batch = n_train if full_batch else cfg.batch_size
+    w0 = torch.cat([p.detach().reshape(-1) for p in params0.values()])  # (n_params,)
+    p0 = unflatten(w0)
+
+    # One probe sample per set: output shape () or (T,) per sample, and forward FLOPs per sample.
+    probes = [_forward_flops(loss_fn, p0, x[:1], y[:1]) for x, y in tracked]
+    tails = [tuple(out.shape[1:]) for out, _ in probes]
+    # Tracked-evaluation chunks: eval_batch_size samples, capped by loss elements per chain and call.
+    chunks = [max(1, min(eval_batch_size, _EVAL_ELEMENTS // max(1, math.prod(t)))) for t in tails]
+    step_vec = eval_vec = vectorize
+    if vectorize is None:  # vmap unless, on a CPU, a call is compute-bound or vmap would loop internally anyway
+        _, train_flops = _forward_flops(loss_fn, p0, x_train[:1], y_train[:1])
+        step_flops = 3 * train_flops * batch  # forward + backward ≈ 3 forwards, per chain
+        eval_flops = max((f * k for (_, f), k in zip(probes, chunks, strict=True)), default=0)
+        pair = w0.expand(2, -1)  # two identical "chains" for the probe
+        loops = device.type == "cpu" and _vmap_falls_back(
+            lambda: vmap(losses, in_dims=(0, None, None))(pair, x_train[:1], y_train[:1])
+        )
+        step_vec = device.type != "cpu" or not (loops or step_flops >= _LOOP_MIN_FLOPS)
+        eval_vec = device.type != "cpu" or not (loops or eval_flops >= _LOOP_MIN_FLOPS)
+    if eval_vec:  # one vmapped call covers all chains
+        chunks = [max(1, k // C) for k in chunks]
+
     batch_dims = (0, None, None) if full_batch else (0, 0, 0)  # (w, inputs, targets)
-    step_grad = _OverChains(grad_and_value(mean_loss), batch_dims, C, vectorize)
-    eval_losses = _OverChains(losses, (0, None, None), C, vectorize)
+    step_grad = _OverChains(
+        grad_and_value(mean_loss), batch_dims, C, step_vec, loop_fn=_autograd_grad_and_value(mean_loss)
+    )
+    eval_losses = _OverChains(losses, (0, None, None), C, eval_vec)
 
     gen = torch.Generator(device=device).manual_seed(seed)
     batches = None if full_batch else _minibatch_indices(n_train, cfg.batch_size, C, gen)
-    w0 = torch.cat([p.detach().reshape(-1) for p in params0.values()])  # (n_params,)
     w, v = w0.expand(C, -1).clone(), None  # (chains, n_params)
-    p0 = unflatten(w0)
     init_loss = _mean_loss_over(loss_fn, p0, x_train, y_train, eval_batch_size)
 
     # Final buffers live on the host; on an accelerator draws fill a device block that moves out per block.
     out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    with torch.no_grad():
-        tails = [tuple(loss_fn(p0, x[:1], y[:1]).shape[1:]) for x, y in tracked]  # () or (T,)
     host_traces = [
         torch.empty((C, D, x.shape[0], *t), dtype=out_dtype) for (x, _), t in zip(tracked, tails, strict=True)
     ]
@@ -223,12 +305,12 @@ def run_chains(
     block = max(1, min(D, _MAX_BLOCK_DRAWS, _BLOCK_BYTES // per_draw))
     on_host = device.type == "cpu"
     if not on_host:
-        dev_traces = [
-            torch.empty((C, block, *h.shape[2:]), dtype=out_dtype, device=device) for h in host_traces
-        ]
+        dev_traces = [torch.empty((C, block, *h.shape[2:]), dtype=out_dtype, device=device) for h in host_traces]
         dev_batch = torch.empty((C, block), dtype=out_dtype, device=device)
-    eb = eval_batch_size
-    eval_slices = [[(s, x[s : s + eb], y[s : s + eb]) for s in range(0, x.shape[0], eb)] for x, y in tracked]
+    eval_slices = [
+        [(s, x[s : s + k], y[s : s + k]) for s in range(0, x.shape[0], k)]
+        for (x, y), k in zip(tracked, chunks, strict=True)
+    ]
 
     total, step = cfg.total_steps, 0
     every = max(1, math.ceil(total / 100))  # progress at most ~every 1% of steps
@@ -262,7 +344,7 @@ def run_chains(
             with torch.no_grad():
                 for buf, slices in zip(blk_traces, eval_slices, strict=True):
                     for s, xs, ys in slices:
-                        buf[:, j, s : s + xs.shape[0]] = eval_losses(w, xs, ys)  # (chains, b[, T])
+                        eval_losses(w, xs, ys, out=buf[:, j, s : s + xs.shape[0]])  # (chains, b[, T])
         bad = _first_nonfinite(blk_batch, blk_traces)
         if bad is not None:
             raise NonFiniteError(bad[0], d0 + bad[1])
