@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 import platform
 import sys
+from collections.abc import Callable
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +27,25 @@ from .store import Store
 from .task import Dataset, check_dataset, check_losses, check_module
 
 SMALL_WORKLOAD = 10_000_000  # params × chains × batch elements below which CPU runs use one thread
+
+
+def functional_loss(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor]):
+    """(params, inputs, targets) -> loss(module with params (inputs), targets): the sampler's loss function.
+
+    Under autocast (sampler precision bfloat16) only the module runs in reduced precision: its output is cast
+    to float32 and the loss computed outside autocast, so recorded per-sample losses are float32 arithmetic.
+    """
+    buffers = dict(module.named_buffers())
+
+    def per_sample_loss(params: dict[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+        out = functional_call(module, (params, buffers), (inputs,))
+        device_type = out.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return loss(out, targets)
+        with torch.autocast(device_type, enabled=False):
+            return loss(out.float(), targets)
+
+    return per_sample_loss
 
 
 def resolve_device(name: str) -> torch.device:
@@ -178,13 +199,12 @@ class Session:
 
     def loss_fn(self, module: nn.Module):
         """Functional per-sample loss (params, inputs, targets) -> [B] | [B, T], for the sampler."""
-        buffers = dict(module.named_buffers())
-        loss = self.dataset.loss
+        return functional_loss(module, self.dataset.loss)
 
-        def per_sample_loss(params: dict[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
-            return loss(functional_call(module, (params, buffers), (inputs,)), targets)
-
-        return per_sample_loss
+    def loss_fn_replica(self, module: nn.Module):
+        """A loss_fn over a private copy of the module, for a sampler worker thread: `functional_call` swaps a
+        module's parameters in place while it runs, so one module cannot serve two threads."""
+        return lambda: functional_loss(copy.deepcopy(module), self.dataset.loss)
 
     def check_loss_contract(self, module: nn.Module) -> None:
         """Run the user's loss once on a small batch and check its shape, dtype and finiteness."""

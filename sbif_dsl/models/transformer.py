@@ -40,6 +40,15 @@ def next_token_loss(logits: Tensor, tokens: Tensor) -> Tensor:
     return loss.reshape(target.shape)  # (B, T-1)
 
 
+def _causal_attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """Fused causal attention. Under CPU autocast it runs in float32: the CPU flash kernel's bfloat16 backward
+    is 4-16× slower than its float32 one while its forward gains nothing (benchmarks/README.md)."""
+    if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+        with torch.autocast("cpu", enabled=False):
+            return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 class _Block(nn.Module):
     """One residual block: (LayerNorm →) causal multi-head attention, optionally (LayerNorm →) MLP."""
 
@@ -76,7 +85,7 @@ class _Block(nn.Module):
             attn = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (B, H, T, T)
             z = attn @ v  # (B, H, T, d_head)
         else:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, d_head)
+            z = _causal_attention(q, k, v)  # (B, H, T, d_head)
         z = z.transpose(1, 2).reshape(B, T, self.n_heads * self.d_head)  # (B, T, H*d_head)
         x = x + self.W_o(z)  # (B, T, d_model)
         if self.mlp is not None:

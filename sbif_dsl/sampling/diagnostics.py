@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from .sgld import ParamLossFn, SGLDConfig, _mean_loss_over, _minibatch_indices, _OverChains, sgld_step
+from .sgld import FlatParams, ParamLossFn, SGLDConfig, _mean_loss_over, _minibatch_indices, _OverChains, sgld_step
 
 # A setting is called stationary when, averaged over chains, the batch loss drifts by at most this many of its
 # standard deviations across the second half of the draws, and the two halves' means differ by at most as much.
@@ -64,16 +64,9 @@ def run_calibration_chains(
 ) -> CalibrationTrace:
     """Sample cfg.chains SGLD chains from w* = params0, recording minibatch losses and MALA acceptance."""
     t_start = time.perf_counter()
-    first = next(iter(params0.values()))
-    device, dtype = first.device, first.dtype
-    names, shapes = list(params0), [p.shape for p in params0.values()]
-    sizes = [p.numel() for p in params0.values()]
-
-    def unflatten(w: Tensor) -> dict[str, Tensor]:
-        return {k: t.reshape(s) for k, t, s in zip(names, w.split(sizes), shapes, strict=True)}
-
-    def mean_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(unflatten(w), x, y).mean()
+    flat = FlatParams(params0, cfg.precision)
+    device, dtype = flat.device, flat.dtype
+    losses, mean_loss = flat.loss_fns(loss_fn)
 
     C, D = cfg.chains, cfg.draws
     x_train, y_train = train
@@ -83,9 +76,9 @@ def run_calibration_chains(
 
     gen = torch.Generator(device=device).manual_seed(seed)
     batches = None if full_batch else _minibatch_indices(n_train, cfg.batch_size, C, gen)
-    w0 = torch.cat([p.detach().reshape(-1) for p in params0.values()])  # (n_params,)
+    w0 = flat.w0  # (n_params,)
     w, v = w0.expand(C, -1).clone(), None  # (chains, n_params)
-    init_loss = _mean_loss_over(loss_fn, unflatten(w0), x_train, y_train, 4096)
+    init_loss = _mean_loss_over([losses], w0, x_train, y_train, 4096, None)
     w0_64 = w0.to(torch.float64)
 
     def energy(w: Tensor, loss: Tensor) -> tuple[Tensor, Tensor]:

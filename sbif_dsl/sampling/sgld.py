@@ -24,6 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -59,10 +60,13 @@ class SGLDConfig:
     weight_decay: float = 0.0  # λ
     rmsprop_alpha: float = 0.99
     rmsprop_eps: float = 0.1
+    precision: Literal["float32", "bfloat16"] = "float32"  # compute precision of the loss function's forward
 
     def __post_init__(self) -> None:
         if self.method not in ("sgld", "rmsprop_sgld"):
             raise ValueError(f"unknown SGLD method {self.method!r}")
+        if self.precision not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown precision {self.precision!r}")
         if self.chains < 1 or self.draws < 1 or self.burn_in < 0 or self.steps_between_draws < 1:
             raise ValueError("need chains >= 1, draws >= 1, burn_in >= 0, steps_between_draws >= 1")
         if self.batch_size is not None and self.batch_size < 1:
@@ -101,18 +105,74 @@ class ChainResult:
     wall_s: float
 
 
+class FlatParams:
+    """The parameters as one flat float vector (what SGLD moves) and loss functions of it in a compute precision.
+
+    precision "bfloat16" runs every call of the loss function under bfloat16 autocast and returns float32 losses;
+    parameters, updates and everything recorded stay float32. Autocast is thread-local, so it is entered inside
+    every call, on whichever thread makes it.
+    """
+
+    def __init__(self, params0: dict[str, Tensor], precision: str = "float32"):
+        if not params0:
+            raise ValueError("params0 is empty")
+        first = next(iter(params0.values()))
+        self.device, self.dtype = first.device, first.dtype
+        if any(p.device != self.device or p.dtype != self.dtype for p in params0.values()):
+            raise ValueError("all parameters must share one floating dtype and one device")
+        if not self.dtype.is_floating_point:
+            raise ValueError("all parameters must share one floating dtype and one device")
+        if precision == "bfloat16" and self.dtype != torch.float32:
+            raise ValueError(f"precision bfloat16 autocasts float32 parameters; these are {self.dtype}")
+        self.low_precision = precision == "bfloat16"
+        self.names = list(params0)
+        self.shapes = [p.shape for p in params0.values()]
+        self.sizes = [p.numel() for p in params0.values()]
+        self.w0 = torch.cat([p.detach().reshape(-1) for p in params0.values()])  # (n_params,)
+
+    def unflatten(self, w: Tensor) -> dict[str, Tensor]:
+        return {k: t.reshape(s) for k, t, s in zip(self.names, w.split(self.sizes), self.shapes, strict=True)}
+
+    def loss_fns(self, fn: ParamLossFn) -> tuple[Callable[..., Tensor], Callable[..., Tensor]]:
+        """(losses, mean_loss): fn's per-sample losses and their mean, as functions of (w, inputs, targets)."""
+
+        def losses(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            if not self.low_precision:
+                return fn(self.unflatten(w), x, y)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                out = fn(self.unflatten(w), x, y)
+            return out.float()
+
+        def mean_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
+            return losses(w, x, y).mean()
+
+        return losses, mean_loss
+
+
 class _OverChains:
     """fn vmapped over the leading chain dim of the arguments whose in_dim is 0, or looped over the chains.
 
-    vectorize=False runs `loop_fn` (default: fn) once per chain and stacks the outputs: the same math and the same
-    random numbers (drawn for all chains before the call). It is also the fallback when a model cannot be vmapped
+    vectorize=False runs a loop function once per chain and stacks the outputs: the same math and the same random
+    numbers (drawn for all chains before the call). It is also the fallback when a model cannot be vmapped
     (in-place buffer updates, data-dependent control flow, `.item()`); the switch warns once. With `out`, results
     are written straight into that (chains, ...) tensor instead of being stacked.
+
+    Looped chains can run side by side on CPU cores: `workers` gives one loop function per worker thread (each over
+    its own model replica), and chain c always runs on worker c mod W, so results do not depend on scheduling.
     """
 
-    def __init__(self, fn: Callable, in_dims: tuple, chains: int, vectorize: bool, loop_fn: Callable | None = None):
+    def __init__(
+        self,
+        fn: Callable,
+        in_dims: tuple,
+        chains: int,
+        vectorize: bool,
+        loop_fns: list[Callable] | None = None,
+        workers: _Workers | None = None,
+    ):
         self.fn, self.in_dims, self.chains, self.vectorize = fn, in_dims, chains, vectorize
-        self.loop_fn = loop_fn if loop_fn is not None else fn
+        self.loop_fns = loop_fns or [fn]
+        self.workers = workers
         self._vmapped = vmap(fn, in_dims=in_dims)
 
     def __call__(self, *args: Tensor, out: Tensor | None = None):
@@ -129,17 +189,64 @@ class _OverChains:
                 self.vectorize = False
             else:
                 return res if out is None else out.copy_(res)
+        results: list = [None] * self.chains
+        n = len(self.loop_fns)
+
+        def chains_of(i: int) -> None:
+            for c in range(i, self.chains, n):
+                r = self.loop_fns[i](*self._chain_args(args, c))
+                if out is None:
+                    results[c] = r
+                else:
+                    out[c] = r
+
+        _run_each(self.workers, chains_of, n)
         if out is not None:
-            for c in range(self.chains):
-                out[c] = self.loop_fn(*self._chain_args(args, c))
             return out
-        outs = [self.loop_fn(*self._chain_args(args, c)) for c in range(self.chains)]
-        if isinstance(outs[0], tuple):
-            return tuple(torch.stack(parts) for parts in zip(*outs, strict=True))
-        return torch.stack(outs)
+        if isinstance(results[0], tuple):
+            return tuple(torch.stack(parts) for parts in zip(*results, strict=True))
+        return torch.stack(results)
 
     def _chain_args(self, args: tuple[Tensor, ...], c: int) -> list[Tensor]:
         return [a[c] if d == 0 else a for a, d in zip(args, self.in_dims, strict=True)]
+
+
+class _Workers:
+    """Threads that run looped chains side by side on a CPU, each with a share of torch's intra-op threads.
+
+    Small models use a CPU core badly through intra-op threads (short GEMMs, barriers); independent chains on
+    separate cores scale almost linearly (benchmarks/README.md). Torch releases the GIL inside its kernels.
+    Grad mode and autocast are thread-local in torch: callers' grad mode is carried into the workers.
+    """
+
+    def __init__(self, n: int):
+        self.n = n
+        self._before = torch.get_num_threads()
+        torch.set_num_threads(max(1, self._before // n))
+        self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sbif-chain")
+
+    def map(self, fn: Callable[[int], None], n: int) -> None:
+        grad = torch.is_grad_enabled()
+
+        def task(i: int) -> None:
+            with torch.set_grad_enabled(grad):
+                fn(i)
+
+        for f in [self._pool.submit(task, i) for i in range(n)]:
+            f.result()  # re-raises a worker's exception here
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        torch.set_num_threads(self._before)
+
+
+def _run_each(workers: _Workers | None, fn: Callable[[int], None], n: int) -> None:
+    """fn(0), ..., fn(n-1): on the worker threads when there are several, else in this thread."""
+    if workers is None or n == 1:
+        for i in range(n):
+            fn(i)
+    else:
+        workers.map(fn, n)
 
 
 def _autograd_grad_and_value(fn: Callable[..., Tensor]) -> Callable[..., tuple[Tensor, Tensor]]:
@@ -202,17 +309,35 @@ def _first_nonfinite(batch_losses: Tensor, traces: list[Tensor]) -> tuple[int, i
 
 
 @torch.no_grad()
-def _mean_loss_over(loss_fn: ParamLossFn, params: dict, x: Tensor, y: Tensor, batch: int) -> float:
-    """Mean over all elements of loss_fn's output for the whole set, in batches of at most `batch` samples and
-    _EVAL_ELEMENTS loss elements (a language model's activations grow with tokens, not samples)."""
-    total, count = torch.zeros((), dtype=torch.float64, device=x.device), 0
-    per_sample = max(1, loss_fn(params, x[:1], y[:1]).numel()) if x.shape[0] else 1
+def _mean_loss_over(
+    loss_fns: list[Callable[[Tensor, Tensor, Tensor], Tensor]],
+    w: Tensor,
+    x: Tensor,
+    y: Tensor,
+    batch: int,
+    workers: _Workers | None,
+) -> float:
+    """Mean over all elements of the losses of the whole set at flat weights w, in batches of at most `batch`
+    samples and _EVAL_ELEMENTS loss elements (a language model's activations grow with tokens, not samples),
+    spread over the workers (one loss function each); summed in batch order, so the result does not depend on them.
+    """
+    per_sample = max(1, loss_fns[0](w, x[:1], y[:1]).numel()) if x.shape[0] else 1
     batch = max(1, min(batch, _EVAL_ELEMENTS // per_sample))
-    for s in range(0, x.shape[0], batch):
-        losses = loss_fn(params, x[s : s + batch], y[s : s + batch])
-        total += losses.to(torch.float64).sum()
-        count += losses.numel()
-    return float(total / max(count, 1))
+    starts = list(range(0, x.shape[0], batch))
+    sums: list[Tensor] = [torch.zeros((), dtype=torch.float64, device=x.device)] * len(starts)
+    counts = [0] * len(starts)
+
+    def part(i: int) -> None:
+        for j in range(i, len(starts), len(loss_fns)):
+            s = starts[j]
+            losses = loss_fns[i](w, x[s : s + batch], y[s : s + batch])
+            sums[j], counts[j] = losses.to(torch.float64).sum(), losses.numel()
+
+    _run_each(workers, part, len(loss_fns))
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for t in sums:
+        total += t
+    return float(total / max(sum(counts), 1))
 
 
 def run_chains(
@@ -226,6 +351,8 @@ def run_chains(
     eval_batch_size: int = 4096,
     progress: Callable[[int, int], None] | None = None,
     vectorize: bool | None = None,
+    replicate: Callable[[], ParamLossFn] | None = None,
+    workers: int | None = None,
 ) -> ChainResult:
     """Sample cfg.chains SGLD chains from w* = params0 and record every tracked sample's loss at every draw.
 
@@ -235,34 +362,24 @@ def run_chains(
     Tracked sets are evaluated without gradients in calls of at most eval_batch_size samples and
     _EVAL_ELEMENTS loss elements per chain. vectorize: True = vmap over chains, False = loop over chains (the
     automatic fallback when a model cannot be vmapped), None = choose per call site (see the module docstring).
+    cfg.precision "bfloat16" runs every loss_fn call under bfloat16 autocast (parameters, updates, init loss,
+    batch losses and traces stay float32; the loss_fn decides what autocast may touch).
+    replicate() -> an independent loss_fn (its own model replica) lets looped chains run on `workers` CPU threads
+    (None: as many as torch's intra-op threads, at most one per chain); chain c always runs on worker c mod W.
     Raises NonFiniteError naming the first chain/draw at which a batch or tracked loss is NaN/Inf.
     """
     t_start = time.perf_counter()
-    if not params0:
-        raise ValueError("params0 is empty")
-    first = next(iter(params0.values()))
-    device, dtype = first.device, first.dtype
-    if any(p.device != device or p.dtype != dtype for p in params0.values()) or not dtype.is_floating_point:
-        raise ValueError("all parameters must share one floating dtype and one device")
-    names = list(params0)
-    shapes = [p.shape for p in params0.values()]
-    sizes = [p.numel() for p in params0.values()]
-
-    def unflatten(w: Tensor) -> dict[str, Tensor]:
-        return {k: t.reshape(s) for k, t, s in zip(names, w.split(sizes), shapes, strict=True)}
-
-    def mean_loss(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(unflatten(w), x, y).mean()
-
-    def losses(w: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(unflatten(w), x, y)
-
+    if workers is not None and workers > 1 and replicate is None:
+        raise ValueError("workers > 1 needs replicate: one model replica per worker thread")
+    flat = FlatParams(params0, cfg.precision)
+    device, dtype, unflatten = flat.device, flat.dtype, flat.unflatten
+    losses, mean_loss = flat.loss_fns(loss_fn)
     C, D = cfg.chains, cfg.draws
     x_train, y_train = train
     n_train = x_train.shape[0]
     full_batch = cfg.batch_size is None or cfg.batch_size >= n_train
     batch = n_train if full_batch else cfg.batch_size
-    w0 = torch.cat([p.detach().reshape(-1) for p in params0.values()])  # (n_params,)
+    w0 = flat.w0  # (n_params,)
     p0 = unflatten(w0)
 
     # One probe sample per set: output shape () or (T,) per sample, and forward FLOPs per sample.
@@ -283,73 +400,82 @@ def run_chains(
         eval_vec = device.type != "cpu" or not (loops or eval_flops >= _LOOP_MIN_FLOPS)
     if eval_vec:  # one vmapped call covers all chains
         chunks = [max(1, k // C) for k in chunks]
+    n_workers = 1
+    if replicate is not None and device.type == "cpu" and not (step_vec and eval_vec):
+        n_workers = max(1, min(C, torch.get_num_threads() if workers is None else workers))
+    pool = _Workers(n_workers) if n_workers > 1 else None
+    try:
+        fns = [(losses, mean_loss)] + [flat.loss_fns(replicate()) for _ in range(n_workers - 1)]
+        batch_dims = (0, None, None) if full_batch else (0, 0, 0)  # (w, inputs, targets)
+        step_grad = _OverChains(
+            grad_and_value(mean_loss), batch_dims, C, step_vec,
+            loop_fns=[_autograd_grad_and_value(m) for _, m in fns], workers=pool,
+        )  # fmt: skip
+        eval_losses = _OverChains(losses, (0, None, None), C, eval_vec, loop_fns=[f for f, _ in fns], workers=pool)
 
-    batch_dims = (0, None, None) if full_batch else (0, 0, 0)  # (w, inputs, targets)
-    step_grad = _OverChains(
-        grad_and_value(mean_loss), batch_dims, C, step_vec, loop_fn=_autograd_grad_and_value(mean_loss)
-    )
-    eval_losses = _OverChains(losses, (0, None, None), C, eval_vec)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        batches = None if full_batch else _minibatch_indices(n_train, cfg.batch_size, C, gen)
+        w, v = w0.expand(C, -1).clone(), None  # (chains, n_params)
+        init_loss = _mean_loss_over([f for f, _ in fns], w0, x_train, y_train, eval_batch_size, pool)
 
-    gen = torch.Generator(device=device).manual_seed(seed)
-    batches = None if full_batch else _minibatch_indices(n_train, cfg.batch_size, C, gen)
-    w, v = w0.expand(C, -1).clone(), None  # (chains, n_params)
-    init_loss = _mean_loss_over(loss_fn, p0, x_train, y_train, eval_batch_size)
-
-    # Final buffers live on the host; on an accelerator draws fill a device block that moves out per block.
-    out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    host_traces = [
-        torch.empty((C, D, x.shape[0], *t), dtype=out_dtype) for (x, _), t in zip(tracked, tails, strict=True)
-    ]
-    host_batch = torch.empty((C, D), dtype=out_dtype)  # (chains, draws)
-    per_draw = C * (1 + sum(math.prod(h.shape[2:]) for h in host_traces)) * host_batch.element_size()
-    block = max(1, min(D, _MAX_BLOCK_DRAWS, _BLOCK_BYTES // per_draw))
-    on_host = device.type == "cpu"
-    if not on_host:
-        dev_traces = [torch.empty((C, block, *h.shape[2:]), dtype=out_dtype, device=device) for h in host_traces]
-        dev_batch = torch.empty((C, block), dtype=out_dtype, device=device)
-    eval_slices = [
-        [(s, x[s : s + k], y[s : s + k]) for s in range(0, x.shape[0], k)]
-        for (x, y), k in zip(tracked, chunks, strict=True)
-    ]
-
-    total, step = cfg.total_steps, 0
-    every = max(1, math.ceil(total / 100))  # progress at most ~every 1% of steps
-
-    def advance() -> Tensor:
-        """One SGLD step of every chain; returns the (chains,) minibatch loss at the pre-step weights."""
-        nonlocal w, v, step
-        if full_batch:
-            x, y = x_train, y_train
-        else:
-            idx = next(batches)  # (chains, batch)
-            x, y = x_train[idx], y_train[idx]  # (chains, batch, ...)
-        noise = torch.randn(w.shape, generator=gen, device=device, dtype=dtype)  # (chains, n_params)
-        grad, loss = step_grad(w, x, y)  # (chains, n_params), (chains,)
-        w, v = sgld_step(w, grad, w0, cfg, noise, v)
-        step += 1
-        if progress is not None and (step % every == 0 or step == total):
-            progress(step, total)
-        return loss
-
-    for _ in range(cfg.burn_in):
-        advance()
-    for d0 in range(0, D, block):
-        d1 = min(d0 + block, D)
-        blk_batch = host_batch[:, d0:d1] if on_host else dev_batch[:, : d1 - d0]  # (chains, b)
-        blk_traces = [h[:, d0:d1] for h in host_traces] if on_host else [t[:, : d1 - d0] for t in dev_traces]
-        for j in range(d1 - d0):
-            for _ in range(cfg.steps_between_draws):
-                loss = advance()
-            blk_batch[:, j] = loss
-            with torch.no_grad():
-                for buf, slices in zip(blk_traces, eval_slices, strict=True):
-                    for s, xs, ys in slices:
-                        eval_losses(w, xs, ys, out=buf[:, j, s : s + xs.shape[0]])  # (chains, b[, T])
-        bad = _first_nonfinite(blk_batch, blk_traces)
-        if bad is not None:
-            raise NonFiniteError(bad[0], d0 + bad[1])
+        # Final buffers live on the host; on an accelerator draws fill a device block that moves out per block.
+        out_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        host_traces = [
+            torch.empty((C, D, x.shape[0], *t), dtype=out_dtype) for (x, _), t in zip(tracked, tails, strict=True)
+        ]
+        host_batch = torch.empty((C, D), dtype=out_dtype)  # (chains, draws)
+        per_draw = C * (1 + sum(math.prod(h.shape[2:]) for h in host_traces)) * host_batch.element_size()
+        block = max(1, min(D, _MAX_BLOCK_DRAWS, _BLOCK_BYTES // per_draw))
+        on_host = device.type == "cpu"
         if not on_host:
-            host_batch[:, d0:d1].copy_(blk_batch)
-            for h, t in zip(host_traces, blk_traces, strict=True):
-                h[:, d0:d1].copy_(t)
-    return ChainResult(host_traces, host_batch, init_loss, time.perf_counter() - t_start)
+            dev_traces = [torch.empty((C, block, *h.shape[2:]), dtype=out_dtype, device=device) for h in host_traces]
+            dev_batch = torch.empty((C, block), dtype=out_dtype, device=device)
+        eval_slices = [
+            [(s, x[s : s + k], y[s : s + k]) for s in range(0, x.shape[0], k)]
+            for (x, y), k in zip(tracked, chunks, strict=True)
+        ]
+
+        total, step = cfg.total_steps, 0
+        every = max(1, math.ceil(total / 100))  # progress at most ~every 1% of steps
+
+        def advance() -> Tensor:
+            """One SGLD step of every chain; returns the (chains,) minibatch loss at the pre-step weights."""
+            nonlocal w, v, step
+            if full_batch:
+                x, y = x_train, y_train
+            else:
+                idx = next(batches)  # (chains, batch)
+                x, y = x_train[idx], y_train[idx]  # (chains, batch, ...)
+            noise = torch.randn(w.shape, generator=gen, device=device, dtype=dtype)  # (chains, n_params)
+            grad, loss = step_grad(w, x, y)  # (chains, n_params), (chains,)
+            w, v = sgld_step(w, grad, w0, cfg, noise, v)
+            step += 1
+            if progress is not None and (step % every == 0 or step == total):
+                progress(step, total)
+            return loss
+
+        for _ in range(cfg.burn_in):
+            advance()
+        for d0 in range(0, D, block):
+            d1 = min(d0 + block, D)
+            blk_batch = host_batch[:, d0:d1] if on_host else dev_batch[:, : d1 - d0]  # (chains, b)
+            blk_traces = [h[:, d0:d1] for h in host_traces] if on_host else [t[:, : d1 - d0] for t in dev_traces]
+            for j in range(d1 - d0):
+                for _ in range(cfg.steps_between_draws):
+                    loss = advance()
+                blk_batch[:, j] = loss
+                with torch.no_grad():
+                    for buf, slices in zip(blk_traces, eval_slices, strict=True):
+                        for s, xs, ys in slices:
+                            eval_losses(w, xs, ys, out=buf[:, j, s : s + xs.shape[0]])  # (chains, b[, T])
+            bad = _first_nonfinite(blk_batch, blk_traces)
+            if bad is not None:
+                raise NonFiniteError(bad[0], d0 + bad[1])
+            if not on_host:
+                host_batch[:, d0:d1].copy_(blk_batch)
+                for h, t in zip(host_traces, blk_traces, strict=True):
+                    h[:, d0:d1].copy_(t)
+        return ChainResult(host_traces, host_batch, init_loss, time.perf_counter() - t_start)
+    finally:
+        if pool is not None:
+            pool.close()

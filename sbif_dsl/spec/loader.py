@@ -253,8 +253,13 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
 
 
 def validation_problems(study: Study) -> list[tuple[Path_, str]]:
-    """loo needs in-spec training; agreement must name a bif and a loo analysis that measure the same pairs."""
+    """loo needs in-spec training; agreement must name a bif and a loo analysis that measure the same pairs;
+    bfloat16 sampling autocasts float32 weights only."""
     problems: list[tuple[Path_, str]] = []
+    if study.sampler.precision == "bfloat16" and study.dtype != "float32":
+        problems.append(
+            (("sampler", "precision"), f"bfloat16 autocasts float32 weights; this study has dtype {study.dtype}")
+        )
     by_name = {analysis_name(a): a for a in study.analyses}
     data_of = {o.name: o.data for o in study.observables}
     for i, a in enumerate(study.analyses):

@@ -21,7 +21,7 @@ from ..sampling import SGLDConfig, run_chains
 from ..store import StageOutput
 from .base import Stage
 
-VERSION = 1
+VERSION = 2  # 2: chains may loop (per-chain autograd, worker threads) and the config carries precision
 
 
 def sampler_config(session) -> SGLDConfig:
@@ -90,7 +90,14 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
     cfg = sampler_config(session)
     try:
         res = run_chains(
-            session.loss_fn(module), params0, train, tracked, cfg, seed=stage.seed, progress=session.progress
+            session.loss_fn(module),
+            params0,
+            train,
+            tracked,
+            cfg,
+            seed=stage.seed,
+            progress=session.progress,
+            replicate=session.loss_fn_replica(module),
         )
     except NonFiniteError as e:
         raise NonFiniteError(e.chain, e.draw, context=f"checkpoint step {ckpt.step}") from None
