@@ -78,6 +78,18 @@ def test_transformer_study_end_to_end(tmp_path, cache_path):
     traces = _json("SELECT count(*) AS n FROM loss_traces", cache=cache_path)[0]["n"]
     assert traces == 2 * 2 * 12 * 6 * 47  # checkpoints × chains × draws × sequences × positions
 
+    # bfloat16 sampling: only sampling and what follows recompute, and class-level influence stays put.
+    query = "SELECT source_class, target_class, bif_corr FROM class_bif WHERE step = 30 ORDER BY ALL"
+    f32 = _json(query, cache=cache_path)
+    proc = sbif("run", str(spec), "--set", "sampler.precision=bfloat16", cache=cache_path)
+    out = proc.stdout + proc.stderr
+    kinds = {line.split()[1] for line in out.splitlines() if line.startswith("[")}
+    assert kinds == {"sample", "class_bif", "bif", "token_bif"}, out  # training, tokens, induction score reused
+    b16 = _json(query, cache=cache_path)
+    assert [(r["source_class"], r["target_class"]) for r in b16] == [(r["source_class"], r["target_class"]) for r in f32]
+    assert [r["bif_corr"] for r in b16] != [r["bif_corr"] for r in f32]  # really resampled
+    assert max(abs(a["bif_corr"] - b["bif_corr"]) for a, b in zip(f32, b16, strict=True)) < 0.05
+
     bad = write_spec(tmp_path, LM_SPEC.replace("sequences: [seq0000, seq0001]", "sequences: [nope]"), "bad.yaml")
     proc = sbif("run", str(bad), cache=cache_path, check=False)
     assert proc.returncode == 2 and "no sequence 'nope'" in proc.stderr

@@ -250,3 +250,95 @@ def test_default_nbeta():
 def test_llc_per_chain_formula():
     bl = torch.tensor([[1.0, 2.0, 3.0], [0.5, 0.5, 0.5]], dtype=F64)
     torch.testing.assert_close(llc_per_chain(bl, 0.5, 10.0), torch.tensor([15.0, 0.0], dtype=F64))
+
+
+# ----------------------------------------------------------------------------- worker threads and precision
+
+
+def _tiny_lm(seed: int = 0):
+    """A 2-layer attention-only transformer on random byte windows, float32: the per-token sampler workload."""
+    import copy
+
+    from sbif_dsl.models.transformer import Transformer, next_token_loss
+    from sbif_dsl.runtime import functional_loss
+
+    torch.manual_seed(seed)
+    model = Transformer(64, n_layers=2, n_heads=2, d_model=32, context=16)
+    tokens = torch.randint(0, 64, (48, 16), generator=torch.Generator().manual_seed(seed))
+    params0 = {k: v.detach() for k, v in model.named_parameters()}
+
+    def replicate():
+        return functional_loss(copy.deepcopy(model), next_token_loss)
+
+    return functional_loss(model, next_token_loss), replicate, params0, tokens
+
+
+def test_worker_threads_give_the_single_thread_result_bitwise():
+    """Chain c always runs on worker c mod W with its own model replica: the result does not depend on W."""
+    loss_fn, replicate, params0, tokens = _tiny_lm()
+    cfg = SGLDConfig(eps=1e-3, gamma=1000.0, nbeta=10.0, chains=3, draws=6, burn_in=2, batch_size=8)
+    data, tracked = (tokens, tokens), [(tokens[:10], tokens[:10])]
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # same intra-op threads per op on both sides
+    try:
+        one = run_chains(loss_fn, params0, data, tracked, cfg, seed=5, vectorize=False)
+        three = run_chains(loss_fn, params0, data, tracked, cfg, seed=5, vectorize=False, replicate=replicate, workers=3)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one.traces[0], three.traces[0])
+    assert torch.equal(one.batch_losses, three.batch_losses)
+    assert one.init_loss == three.init_loss
+    assert torch.get_num_threads() == before  # the workers' thread share is given back
+
+
+def test_worker_exception_reaches_the_caller_and_threads_are_restored():
+    loss_fn, _, params0, tokens = _tiny_lm()
+    calls = {"n": 0}
+
+    def replicate():
+        def broken(p, x, y):
+            calls["n"] += 1
+            raise RuntimeError("replica exploded")
+
+        return broken
+
+    cfg = SGLDConfig(eps=1e-3, gamma=1000.0, nbeta=10.0, chains=2, draws=2, batch_size=8)
+    before = torch.get_num_threads()
+    with pytest.raises(RuntimeError, match="replica exploded"):
+        run_chains(loss_fn, params0, (tokens, tokens), [(tokens, tokens)], cfg, seed=0, vectorize=False,
+                   replicate=replicate, workers=2)  # fmt: skip
+    assert calls["n"] >= 1 and torch.get_num_threads() == before
+
+
+def test_workers_need_replicas_and_bfloat16_needs_float32():
+    loss_fn, params0, x, y = _linreg()
+    with pytest.raises(ValueError, match="replicate"):
+        run_chains(loss_fn, params0, (x, y), [(x, y)], _cfg(), seed=0, workers=2)
+    with pytest.raises(ValueError, match="bfloat16"):
+        run_chains(loss_fn, params0, (x, y), [(x, y)], _cfg(precision="bfloat16"), seed=0)  # float64 params
+    with pytest.raises(ValueError, match="precision"):
+        _cfg(precision="float16")
+
+
+def test_bfloat16_autocast_keeps_float32_traces_and_the_influence_structure():
+    """bfloat16 matmuls change each loss by rounding only: same seed, the traces stay float32, differ from the
+    float32 run by far less than they vary across draws, and the token × token correlations agree closely."""
+    from sbif_dsl.influence.bif import bif_matrices
+
+    loss_fn, _, params0, tokens = _tiny_lm()
+    base = dict(eps=1e-3, gamma=1000.0, nbeta=10.0, chains=2, draws=60, batch_size=8)
+    data, tracked = (tokens, tokens), [(tokens[:12], tokens[:12])]
+    f32 = run_chains(loss_fn, params0, data, tracked, SGLDConfig(**base), seed=1)
+    b16 = run_chains(loss_fn, params0, data, tracked, SGLDConfig(**base, precision="bfloat16"), seed=1)
+    a, b = f32.traces[0], b16.traces[0]
+    assert b.dtype == torch.float32 and b16.batch_losses.dtype == torch.float32
+    assert not torch.equal(a, b)  # autocast really ran
+    rounding = (a - b).abs().mean()
+    spread = a.std(dim=1).mean()  # how much a token's loss moves across draws
+    assert rounding < 0.05 * spread, (float(rounding), float(spread))
+    ca = bif_matrices(a.flatten(2), a.flatten(2))[1]
+    cb = bif_matrices(b.flatten(2), b.flatten(2))[1]
+    off = ~torch.eye(ca.shape[0], dtype=torch.bool)
+    r = torch.corrcoef(torch.stack([ca[off], cb[off]]).to(torch.float64))[0, 1]
+    assert r > 0.99, float(r)
+    assert abs(f32.init_loss - b16.init_loss) < 0.05 * float(spread)

@@ -52,6 +52,18 @@ def test_out_of_range(tmp_path):
     assert ":26: sampler.eps:" in err and "greater than 0" in err
 
 
+def test_bfloat16_precision_needs_float32_weights(tmp_path):
+    text = TINY_SPEC.replace("seed: 3\n", "seed: 3\ndtype: float64\n").replace(
+        "  burn_in: 5\n", "  burn_in: 5\n  precision: bfloat16\n"
+    )
+    (err,) = errors_of(tmp_path, text)
+    assert "sampler.precision:" in err and "float64" in err
+    line = text.splitlines().index("  precision: bfloat16") + 1
+    assert f":{line}: " in err
+    (err,) = errors_of(tmp_path, TINY_SPEC.replace("  burn_in: 5\n", "  burn_in: 5\n  precision: half\n"))
+    assert "sampler.precision:" in err and "bfloat16" in err
+
+
 def test_unknown_kind(tmp_path):
     (err,) = errors_of(tmp_path, TINY_SPEC.replace("kind: deep_linear", "kind: deep_nonlinear"))
     assert "model:" in err and "unknown kind 'deep_nonlinear'" in err and "deep_linear" in err
