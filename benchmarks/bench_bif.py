@@ -15,6 +15,7 @@ Pearson correlation between our -(-Corr) and devinterp's +Corr over all off-diag
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # devinterp's progress bars
@@ -32,12 +34,12 @@ sys.path.insert(1, str(HERE.parent))
 
 import devinterp_side  # noqa: E402
 import torch  # noqa: E402
-from torch.func import functional_call  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from workloads import RESULTS, WORKLOADS, Workload  # noqa: E402
 
 from sbif_dsl.influence.bif import bif_matrices, class_bif  # noqa: E402
+from sbif_dsl.runtime import functional_loss  # noqa: E402
 from sbif_dsl.sampling import run_chains  # noqa: E402
 from sbif_dsl.tokens import STRUCTURAL_DEFAULT, ByteTokenizer, Induction, class_masks  # noqa: E402
 
@@ -76,9 +78,9 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def matmul_rate(m: int, k: int, n: int, device: str, seconds: float = 1.0) -> float:
-    """FLOP/s of a plain float32 torch.matmul (m×k)@(k×n), best of repeated timings over ~`seconds`."""
-    a, b = torch.randn(m, k, device=device), torch.randn(k, n, device=device)
+def matmul_rate(m: int, k: int, n: int, device: str, seconds: float = 1.0, dtype: torch.dtype = torch.float32) -> float:
+    """FLOP/s of a plain torch.matmul (m×k)@(k×n) in dtype, best of repeated timings over ~`seconds`."""
+    a, b = torch.randn(m, k, device=device, dtype=dtype), torch.randn(k, n, device=device, dtype=dtype)
     torch.matmul(a, b)
     _sync(device)
     reps = 1
@@ -114,19 +116,24 @@ def ceiling_shape(w: Workload) -> tuple[int, int, int]:
 # ----------------------------------------------------------------------------- our side
 
 
-def run_ours(w: Workload, device: str) -> dict:
-    """sbif_dsl's path: run_chains (as the sample stage calls it) + the BIF from the traces."""
+def run_ours(w: Workload, device: str, precision: str = "float32") -> dict:
+    """sbif_dsl's path: run_chains as the sample stage calls it (the Session's loss function, one model replica
+    per CPU worker thread, the spec's precision) + the BIF from the traces."""
     model = w.model.to(device)
     params0 = {k: v.detach() for k, v in model.named_parameters()}
-    buffers = dict(model.named_buffers())
-
-    def loss_fn(params, inputs, targets):  # what Session.loss_fn builds
-        return w.loss(functional_call(model, (params, buffers), (inputs,)), targets)
-
     train = (w.train.to(device), w.train_targets.to(device))
     tracked = [(w.tracked.to(device), w.tracked_targets.to(device))]
+    cfg = replace(w.sampler, precision=precision)
     t0 = time.perf_counter()
-    res = run_chains(loss_fn, params0, train, tracked, w.sampler, seed=0)
+    res = run_chains(
+        functional_loss(model, w.loss),
+        params0,
+        train,
+        tracked,
+        cfg,
+        seed=0,
+        replicate=lambda: functional_loss(copy.deepcopy(model), w.loss),
+    )
     t1 = time.perf_counter()
     traces = res.traces[0]  # (chains, draws, n[, T])
     flat = traces.flatten(2).to(device)  # (chains, draws, n·T): token × token, the same matrix devinterp returns
@@ -222,30 +229,29 @@ def run_workload(key: str, args) -> dict:
     row["ceiling_shape"] = shape
     ceil_before = matmul_rate(*shape, dev)
 
-    # Alternate the two sides `repeat` times; the median of each side's times goes into the ratios, so a change
-    # of machine load during the run hits both sides alike. Results are deterministic: the first run's are kept.
-    ours = theirs = None
-    times: dict[str, list[tuple[float, float]]] = {"ours": [], "devinterp": []}
+    # Alternate the sides `repeat` times; the median of each side's times goes into the ratios, so a change of
+    # machine load during the run hits every side alike. Results are deterministic: the first run's are kept.
+    ours_sides = {f"ours_{p}": p for p in args.precision}  # e.g. ours_float32, ours_bfloat16
+    results: dict = {}
+    times: dict[str, list[tuple[float, float]]] = {side: [] for side in [*ours_sides, "devinterp"]}
     for _ in range(args.repeat):
-        o = run_ours(w, dev)
-        times["ours"].append((o["sample_s"], o["bif_s"]))
-        ours = ours or o
-        print(f"    sbif_dsl : sample {o['sample_s']:7.2f} s + BIF {o['bif_s']:5.2f} s", flush=True)
+        for side, precision in ours_sides.items():
+            o = run_ours(w, dev, precision)
+            times[side].append((o["sample_s"], o["bif_s"]))
+            results.setdefault(side, o)
+            print(f"    sbif_dsl {precision:8s}: sample {o['sample_s']:7.2f} s + BIF {o['bif_s']:5.2f} s", flush=True)
         if args.baseline == "devinterp":
             t = devinterp_side.run(w, dev, "token" if w.per_token else "sequence")
             times["devinterp"].append((t.sample_s, t.bif_s))
-            theirs = theirs or t
-            print(f"    devinterp: sample {t.sample_s:7.2f} s + BIF {t.bif_s:5.2f} s", flush=True)
+            results.setdefault("devinterp", t)
+            print(f"    devinterp        : sample {t.sample_s:7.2f} s + BIF {t.bif_s:5.2f} s", flush=True)
     for side, ts in times.items():
         if ts:
             sample_s, bif_s = (statistics.median(v) for v in zip(*ts, strict=True))
             row[side] = {"sample_s": sample_s, "bif_s": bif_s, "total_s": sample_s + bif_s, "runs": ts}
     if args.repeat > 1:
-        print(
-            f"    medians of {args.repeat}: sbif_dsl {row['ours']['sample_s']:.2f} + {row['ours']['bif_s']:.2f} s"
-            + (f", devinterp {row['devinterp']['sample_s']:.2f} + {row['devinterp']['bif_s']:.2f} s" if theirs else ""),
-            flush=True,
-        )
+        medians = ", ".join(f"{side} {row[side]['sample_s']:.2f} + {row[side]['bif_s']:.2f} s" for side in results)
+        print(f"    medians of {args.repeat}: {medians}", flush=True)
     ceil_after = matmul_rate(*shape, dev)
     peak = matmul_rate(2048, 2048, 2048, dev)
     row["matmul_flops_per_s"] = {
@@ -253,38 +259,58 @@ def run_workload(key: str, args) -> dict:
         "before": ceil_before,
         "after": ceil_after,
         "square_2048": peak,
+        "similar_shape_bfloat16": matmul_rate(*shape, dev, dtype=torch.bfloat16),
     }
     ceiling = row["matmul_flops_per_s"]["similar_shape"]
     n_train = w.train.shape[0]
-    f_ours = sampling_flops(w, flops, n_train)  # our init loss: the whole training set once
-    row["ours"]["flops"] = f_ours
-    row["ours"]["flops_per_s"] = f_ours / row["ours"]["sample_s"]
-    row["ours"]["fraction_of_ceiling"] = row["ours"]["flops_per_s"] / ceiling
+    init_samples = {side: n_train for side in ours_sides}  # our init loss: the whole training set once
+    init_samples["devinterp"] = 32 * (cfg.batch_size or n_train) * cfg.chains  # num_init_loss_batches=32 per chain
     per_draw = cfg.chains * (flops["step"] * cfg.steps_between_draws + flops["eval"])
-    line = (
-        f"    FLOPs per draw (all chains) {per_draw / 1e9:.3g} G; "
-        f"matmul {shape[0]}x{shape[1]}x{shape[2]}: {ceiling / 1e9:.1f} GFLOP/s (2048³: {peak / 1e9:.1f}); "
-        f"ours {row['ours']['flops_per_s'] / 1e9:.1f} GFLOP/s = {row['ours']['fraction_of_ceiling']:.0%}"
+    print(
+        f"    FLOPs per draw (all chains) {per_draw / 1e9:.3g} G; float32 matmul {shape[0]}x{shape[1]}x{shape[2]}: "
+        f"{ceiling / 1e9:.1f} GFLOP/s (2048³: {peak / 1e9:.1f})",
+        flush=True,
     )
-    if theirs is not None:
-        f_theirs = sampling_flops(w, flops, 32 * (cfg.batch_size or n_train) * cfg.chains)  # num_init_loss_batches=32
-        row["devinterp"]["flops"] = f_theirs
-        row["devinterp"]["flops_per_s"] = f_theirs / row["devinterp"]["sample_s"]
-        row["devinterp"]["fraction_of_ceiling"] = row["devinterp"]["flops_per_s"] / ceiling
-        row["ratio_total"] = row["ours"]["total_s"] / row["devinterp"]["total_s"]
-        row["ratio_sample"] = row["ours"]["sample_s"] / row["devinterp"]["sample_s"]
-        row["agreement"] = agreement(w, ours, theirs)
-        d = row["devinterp"]
-        line += f", devinterp {d['flops_per_s'] / 1e9:.1f} GFLOP/s = {d['fraction_of_ceiling']:.0%}"
+    for side in results:
+        r = row[side]
+        r["flops"] = sampling_flops(w, flops, init_samples[side])
+        r["flops_per_s"] = r["flops"] / r["sample_s"]
+        r["fraction_of_ceiling"] = r["flops_per_s"] / ceiling
+        line = f"    {side:15s}: {r['flops_per_s'] / 1e9:6.1f} GFLOP/s = {r['fraction_of_ceiling']:.0%} of the ceiling"
+        if side.endswith("bfloat16"):  # its own ceiling: a bfloat16 matmul of the same shape
+            bf16 = row["matmul_flops_per_s"]["similar_shape_bfloat16"]
+            r["fraction_of_bfloat16_ceiling"] = r["flops_per_s"] / bf16
+            line += f" ({r['fraction_of_bfloat16_ceiling']:.0%} of a bfloat16 matmul's {bf16 / 1e9:.1f} GFLOP/s)"
         print(line, flush=True)
-        agree = ", ".join(f"{k} {v:.3f}" for k, v in row["agreement"].items() if isinstance(v, float))
+    if "devinterp" in results:
+        theirs = results["devinterp"]
+        d = row["devinterp"]
+        for side in ours_sides:
+            o = row[side]
+            o["ratio_total"] = o["total_s"] / d["total_s"]
+            o["ratio_sample"] = o["sample_s"] / d["sample_s"]
+            o["agreement"] = agreement(w, results[side], theirs)
+            agree = ", ".join(f"{k} {v:.3f}" for k, v in o["agreement"].items() if isinstance(v, float))
+            print(
+                f"    {side} / devinterp: total {o['ratio_total']:.3f}, sampling {o['ratio_sample']:.3f}; "
+                f"Pearson {agree}",
+                flush=True,
+            )
+    if len(ours_sides) > 1:  # the same chains (same seed) in two precisions: what rounding alone changes
+        (s1, r1), (s2, r2) = [(side, results[side]) for side in ours_sides][:2]
+        row["precision_agreement"] = {
+            "token": pearson_offdiag(-r1["corr"], -r2["corr"]),
+            "max_abs_trace_diff": float((r1["traces"] - r2["traces"]).abs().max()),
+            "mean_abs_trace_diff": float((r1["traces"] - r2["traces"]).abs().mean()),
+            "mean_trace_std_over_draws": float(r1["traces"].std(dim=1).mean()),
+        }
+        pa = row["precision_agreement"]
         print(
-            f"    ratio ours/devinterp: total {row['ratio_total']:.3f}, sampling {row['ratio_sample']:.3f}; "
-            f"Pearson {agree}",
+            f"    {s1} vs {s2} (same seed): Pearson {pa['token']:.5f}; traces differ"
+            f" by {pa['mean_abs_trace_diff']:.2g} "
+            f"on average (their spread over draws: {pa['mean_trace_std_over_draws']:.2g})",
             flush=True,
         )
-    else:
-        print(line, flush=True)
     return row
 
 
@@ -317,9 +343,7 @@ def memory_child(n_seq: int, context: int, chains: int, draws: int) -> None:
     model = torch.nn.Sequential(torch.nn.Embedding(256, 16), torch.nn.Linear(16, 256))
     params0 = {k: v.detach() for k, v in model.named_parameters()}
 
-    def loss_fn(params, inputs, targets):
-        return next_token_loss(functional_call(model, params, (inputs,)), targets)
-
+    loss_fn = functional_loss(model, next_token_loss)
     cfg = SGLDConfig(eps=1e-4, gamma=1000.0, nbeta=9.23, chains=chains, draws=draws, batch_size=8)
     base = peak_rss()
     t0 = time.perf_counter()
@@ -396,11 +420,17 @@ def main() -> None:
         default=None,
         help="devinterp (default when importable) or none (our side only)",
     )
+    ap.add_argument(
+        "--precision",
+        default="float32,bfloat16",
+        help="our side's sampler.precision values, comma-separated (default: float32,bfloat16)",
+    )
     ap.add_argument("--memory", action="store_true", help="also run the memory check (peak RSS, subprocess)")
     ap.add_argument("--memory-only", action="store_true", help="run only the memory check")
     ap.add_argument("--out", type=Path, help="write all numbers as JSON here (default: benchmarks/results/)")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    args.precision = [p.strip() for p in args.precision.split(",")]
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child:
