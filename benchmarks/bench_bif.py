@@ -39,7 +39,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from workloads import RESULTS, WORKLOADS, Workload  # noqa: E402
 
 from sbif_dsl.influence.bif import bif_matrices, class_bif  # noqa: E402
-from sbif_dsl.runtime import functional_loss  # noqa: E402
+from sbif_dsl.runtime import cpu_threads_for, functional_loss  # noqa: E402
 from sbif_dsl.sampling import run_chains  # noqa: E402
 from sbif_dsl.tokens import STRUCTURAL_DEFAULT, ByteTokenizer, Induction, class_masks  # noqa: E402
 
@@ -117,23 +117,24 @@ def ceiling_shape(w: Workload) -> tuple[int, int, int]:
 
 
 def run_ours(w: Workload, device: str, precision: str = "float32") -> dict:
-    """sbif_dsl's path: run_chains as the sample stage calls it (the Session's loss function, one model replica
-    per CPU worker thread, the spec's precision) + the BIF from the traces."""
+    """sbif_dsl's path: run_chains as the sample stage calls it (the Session's loss function and thread policy,
+    one model replica per CPU worker thread, the spec's precision) + the BIF from the traces."""
     model = w.model.to(device)
     params0 = {k: v.detach() for k, v in model.named_parameters()}
     train = (w.train.to(device), w.train_targets.to(device))
     tracked = [(w.tracked.to(device), w.tracked_targets.to(device))]
     cfg = replace(w.sampler, precision=precision)
     t0 = time.perf_counter()
-    res = run_chains(
-        functional_loss(model, w.loss),
-        params0,
-        train,
-        tracked,
-        cfg,
-        seed=0,
-        replicate=lambda: functional_loss(copy.deepcopy(model), w.loss),
-    )
+    with cpu_threads_for(model, cfg.chains, cfg.batch_size or train[0].shape[0], train[0][0]):  # as Session does
+        res = run_chains(
+            functional_loss(model, w.loss),
+            params0,
+            train,
+            tracked,
+            cfg,
+            seed=0,
+            replicate=lambda: functional_loss(copy.deepcopy(model), w.loss),
+        )
     t1 = time.perf_counter()
     traces = res.traces[0]  # (chains, draws, n[, T])
     flat = traces.flatten(2).to(device)  # (chains, draws, n·T): token × token, the same matrix devinterp returns

@@ -48,6 +48,21 @@ def functional_loss(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor])
     return per_sample_loss
 
 
+@contextmanager
+def cpu_threads_for(module: nn.Module, chains: int, batch: int, sample: Tensor):
+    """Tiny models are overhead-bound: extra intra-op threads only add contention (4x slower on a busy 2-core CPU
+    for the toy), so workloads under SMALL_WORKLOAD multiply-adds per step run single-threaded."""
+    n_params = sum(p.numel() for p in module.parameters())
+    work = n_params * chains * batch * max(1, sample.numel())  # ~ multiply-adds per step
+    before = torch.get_num_threads()
+    if work < SMALL_WORKLOAD:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("spec says device: cuda but CUDA is not available here; hint: use device: auto")
@@ -236,23 +251,14 @@ class Session:
 
     @contextmanager
     def thread_policy(self):
-        """Tiny models are overhead-bound: extra intra-op threads only add contention (4x slower on a busy
-        2-core CPU for the toy), so small workloads run single-threaded on CPU."""
+        """Tiny models run single-threaded on CPU (see `cpu_threads_for`)."""
         if self.device.type != "cpu":
             yield
             return
-        n_params = sum(p.numel() for p in self.new_module().parameters())
         x = self.dataset.train.inputs
         batch = min(self.study.sampler.batch_size or len(x), len(x))
-        work = n_params * self.study.sampler.chains * batch * max(1, x[0].numel())  # ~ multiply-adds per step
-        small = work < SMALL_WORKLOAD
-        before = torch.get_num_threads()
-        if small:
-            torch.set_num_threads(1)
-        try:
+        with cpu_threads_for(self.new_module(), self.study.sampler.chains, batch, x[0]):
             yield
-        finally:
-            torch.set_num_threads(before)
 
     def provenance(self) -> dict:
         return {

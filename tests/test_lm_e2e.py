@@ -86,7 +86,8 @@ def test_transformer_study_end_to_end(tmp_path, cache_path):
     kinds = {line.split()[1] for line in out.splitlines() if line.startswith("[")}
     assert kinds == {"sample", "class_bif", "bif", "token_bif"}, out  # training, tokens, induction score reused
     b16 = _json(query, cache=cache_path)
-    assert [(r["source_class"], r["target_class"]) for r in b16] == [(r["source_class"], r["target_class"]) for r in f32]
+    pairs = [(r["source_class"], r["target_class"]) for r in f32]
+    assert [(r["source_class"], r["target_class"]) for r in b16] == pairs
     assert [r["bif_corr"] for r in b16] != [r["bif_corr"] for r in f32]  # really resampled
     assert max(abs(a["bif_corr"] - b["bif_corr"]) for a, b in zip(f32, b16, strict=True)) < 0.05
 

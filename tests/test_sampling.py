@@ -282,7 +282,9 @@ def test_worker_threads_give_the_single_thread_result_bitwise():
     torch.set_num_threads(1)  # same intra-op threads per op on both sides
     try:
         one = run_chains(loss_fn, params0, data, tracked, cfg, seed=5, vectorize=False)
-        three = run_chains(loss_fn, params0, data, tracked, cfg, seed=5, vectorize=False, replicate=replicate, workers=3)
+        three = run_chains(
+            loss_fn, params0, data, tracked, cfg, seed=5, vectorize=False, replicate=replicate, workers=3
+        )
     finally:
         torch.set_num_threads(before)
     assert torch.equal(one.traces[0], three.traces[0])

@@ -134,9 +134,7 @@ class Transformer(nn.Module):
         self.n_layers, self.n_heads = n_layers, n_heads
         self.embed = nn.Embedding(vocab_size, d_model)
         self.pos_embed = nn.Parameter(torch.zeros(context, d_model))  # (context, d_model)
-        self.blocks = nn.ModuleList(
-            _Block(n_heads, d_model, d_head, mlp, d_mlp, layer_norm) for _ in range(n_layers)
-        )
+        self.blocks = nn.ModuleList(_Block(n_heads, d_model, d_head, mlp, d_mlp, layer_norm) for _ in range(n_layers))
         self.ln_final = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.unembed = nn.Linear(d_model, vocab_size, bias=False)
         self._init_weights(init_std)

@@ -16,6 +16,15 @@ call carries tens of MFLOPs per chain, or where vmap has no batching rule for an
 over the chains internally anyway, a plain loop over chains with large batches and ordinary autograd is faster
 (measured in benchmarks/README.md). `vectorize=None` picks per call site (step, tracked evaluation) from a FLOP
 count of one probe sample; the choice depends only on the model and the shapes, so a run stays reproducible.
+
+Looped chains on a CPU run side by side on worker threads, one model replica each (`replicate`), each with an
+equal share of torch's intra-op threads: a small model uses extra intra-op threads poorly, separate chains on
+separate cores scale almost linearly. Chain c always runs on worker c mod W, and with one intra-op thread per
+worker the traces are bitwise those of a single thread.
+
+Precision: `SGLDConfig.precision = "bfloat16"` runs the loss function under bfloat16 autocast (matmuls in
+bfloat16 on CPUs with AVX-512 BF16 or AMX and on GPUs); weights, updates, the init loss, batch losses and traces
+stay float32. Same seed, the token × token BIF of the benchmark LM agrees with float32 to Pearson 0.99997.
 """
 
 from __future__ import annotations
