@@ -21,11 +21,10 @@ from pydantic import ValidationError
 
 from .errors import UsageError
 from .hashing import derive_seed
-from .runtime import default_nbeta
-from .sampling import SGLDConfig
 from .sampling.diagnostics import STATIONARY_MAX_DRIFT, run_calibration_chains, summarize
 from .spec.models import Sampler
 from .stages.base import Stage
+from .stages.sample import sampler_config
 from .store import StageOutput
 from .store.views import CALIBRATION_SUFFIX
 
@@ -94,15 +93,8 @@ def default_grid(base: Sampler) -> dict[str, list]:
 # ----------------------------------------------------------------------------- the stage
 
 
-def config_for(session, sampler: Sampler) -> SGLDConfig:
-    n_train = len(session.dataset.train)
-    batch = min(sampler.batch_size or n_train, n_train)
-    fields = sampler.model_dump(exclude={"nbeta", "batch_size"})
-    return SGLDConfig(**fields, nbeta=sampler.nbeta or default_nbeta(batch), batch_size=batch)
-
-
 def build_stage(session, checkpoint: Stage, dataset_key: str, sampler: Sampler) -> Stage:
-    cfg = config_for(session, sampler)
+    cfg = sampler_config(session, sampler)
     return Stage(
         kind="calibration",
         version=VERSION,

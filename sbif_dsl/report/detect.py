@@ -162,6 +162,37 @@ def _one_study(df: pl.DataFrame | None, name: str) -> pl.DataFrame | None:
     return df
 
 
+def _plateau_changes(frame: pl.DataFrame, column: str, kind: str, series: str, p: DetectParams) -> list[dict]:
+    """Events for the changes of `column` between plateaus (LLC, induction score, any user curve)."""
+    cp = changepoints(
+        frame,
+        "step",
+        column,
+        smooth_window=p.smooth_window,
+        grid_points=p.grid_points,
+        prominence=p.slope_prominence,
+        min_change=p.min_change,
+        noise_k=p.noise_k,
+    )
+    return [
+        {
+            "step_start": r["step_start"],
+            "step_end": r["step_end"],
+            "step": r["step"],
+            "value": None,
+            "kind": kind,
+            "series": series,
+            "what": f"{series} {'rises' if r['direction'] == 'rise' else 'falls'} "
+            f"{r['value_before']:.3g} → {r['value_after']:.3g}",
+            "evidence": (
+                f"{series} {r['change']:+.3g} between plateaus, steepest at step {r['step']:,.0f} "
+                f"({r['slope']:+.3g} per decade)"
+            ),
+        }
+        for r in cp.iter_rows(named=True)
+    ]
+
+
 def _events(
     training_curve: pl.DataFrame | None,
     llc_summary: pl.DataFrame | None,
@@ -191,64 +222,11 @@ def _events(
             )
     llc = _one_study(llc_summary, "llc_summary")
     if llc is not None:
-        cp = changepoints(
-            llc,
-            "step",
-            "llc_mean",
-            smooth_window=p.smooth_window,
-            grid_points=p.grid_points,
-            prominence=p.slope_prominence,
-            min_change=p.min_change,
-            noise_k=p.noise_k,
-        )
-        for r in cp.iter_rows(named=True):
-            verb = "rises" if r["direction"] == "rise" else "falls"
-            ev.append(
-                {
-                    "step_start": r["step_start"],
-                    "step_end": r["step_end"],
-                    "step": r["step"],
-                    "value": None,
-                    "kind": "llc_change",
-                    "series": "LLC",
-                    "what": f"LLC {verb} {r['value_before']:.3g} → {r['value_after']:.3g}",
-                    "evidence": (
-                        f"LLC {r['change']:+.3g} between plateaus, steepest at step {r['step']:,.0f} "
-                        f"({r['slope']:+.3g} per decade)"
-                    ),
-                }
-            )
+        ev += _plateau_changes(llc, "llc_mean", "llc_change", "LLC", p)
     for name, frame in (curves or {}).items():
         cf = _one_study(frame, name)
-        if cf is None:
-            continue
-        cp = changepoints(
-            cf,
-            "step",
-            "value",
-            smooth_window=p.smooth_window,
-            grid_points=p.grid_points,
-            prominence=p.slope_prominence,
-            min_change=p.min_change,
-            noise_k=p.noise_k,
-        )
-        for r in cp.iter_rows(named=True):
-            verb = "rises" if r["direction"] == "rise" else "falls"
-            ev.append(
-                {
-                    "step_start": r["step_start"],
-                    "step_end": r["step_end"],
-                    "step": r["step"],
-                    "value": None,
-                    "kind": "curve_change",
-                    "series": name,
-                    "what": f"{name} {verb} {r['value_before']:.3g} → {r['value_after']:.3g}",
-                    "evidence": (
-                        f"{name} {r['change']:+.3g} between plateaus, steepest at step {r['step']:,.0f} "
-                        f"({r['slope']:+.3g} per decade)"
-                    ),
-                }
-            )
+        if cf is not None:
+            ev += _plateau_changes(cf, "value", "curve_change", name, p)
     bp = _one_study(bif_pairs, "bif_pairs")
     if bp is not None:
         if "value" not in bp.columns or p.value in bp.columns:

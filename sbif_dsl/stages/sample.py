@@ -24,8 +24,9 @@ from .base import Stage
 VERSION = 2  # 2: chains may loop (per-chain autograd, worker threads) and the config carries precision
 
 
-def sampler_config(session) -> SGLDConfig:
-    s = session.study.sampler
+def sampler_config(session, sampler=None) -> SGLDConfig:
+    """The run-time SGLD config of a spec sampler block (default: the study's): nβ and the batch resolved."""
+    s = sampler if sampler is not None else session.study.sampler
     n_train = len(session.dataset.train)
     batch = min(s.batch_size or n_train, n_train)
     fields = s.model_dump(exclude={"nbeta", "batch_size"})
