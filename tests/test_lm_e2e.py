@@ -78,6 +78,21 @@ def test_transformer_study_end_to_end(tmp_path, cache_path):
     traces = _json("SELECT count(*) AS n FROM loss_traces", cache=cache_path)[0]["n"]
     assert traces == 2 * 2 * 12 * 6 * 47  # checkpoints × chains × draws × sequences × positions
 
+    # trace_mixing against numpy on the same traces: lag-1 autocorrelation of each chain's mean loss per draw
+    import numpy as np
+
+    means = _json(
+        "SELECT step, chain, draw, avg(loss) AS l FROM loss_traces GROUP BY ALL ORDER BY ALL", cache=cache_path
+    )
+    mixing = _json("SELECT * FROM trace_mixing ORDER BY step, chain", cache=cache_path)
+    assert len(mixing) == 2 * 2 and all(r["draws"] == 12 and r["observable"] == "query" for r in mixing)
+    for r in mixing:
+        x = np.array([m["l"] for m in means if m["step"] == r["step"] and m["chain"] == r["chain"]])
+        x = x - x.mean()
+        rho = float((x[1:] * x[:-1]).sum() / (x * x).sum())
+        assert abs(r["lag1_autocorr"] - rho) < 1e-9
+        assert abs(r["ess_ar1"] - min(12, 12 * (1 - rho) / (1 + rho))) < 1e-6
+
     # bfloat16 sampling: only sampling and what follows recompute, and class-level influence stays put.
     query = "SELECT source_class, target_class, bif_corr FROM class_bif WHERE step = 30 ORDER BY ALL"
     f32 = _json(query, cache=cache_path)

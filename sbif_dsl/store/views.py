@@ -156,6 +156,7 @@ VIEW_DOCS: dict[str, str] = {
     "samples": "samples of each data set (train and query sets)",
     "batch_losses": "SGLD minibatch loss per checkpoint, chain and draw (the LLC's input)",
     "loss_traces": "loss of every tracked sample (token position `pos`, 0 for per-sample losses) at every draw",
+    "trace_mixing": "per chain: lag-1 autocorrelation of an observable's mean loss over draws, AR(1) effective draws",
     "bif": "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful)",
     "llc": "LLC estimate per checkpoint and chain",
     "llc_summary": "LLC mean and std over chains per checkpoint",
@@ -208,6 +209,20 @@ def create_views(con, objects_dir: Path, extra: dict[str, str] | None = None) ->
     for name, sql in {**VIEWS, **(extra or {})}.items():
         con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {sql}")
     con.execute(f"CREATE OR REPLACE TEMP VIEW loss_traces AS {traces_view_sql(objects_dir)}")
+    con.execute(f"CREATE OR REPLACE TEMP VIEW trace_mixing AS {TRACE_MIXING}")
+
+
+# How correlated consecutive draws are: few effective draws make BIF entries noisy (benchmarks/README.md).
+# Per chain, on the mean loss of an observable's tracked units at each draw; ESS under an AR(1) model.
+TRACE_MIXING = """
+    WITH m AS (SELECT study, step, observable, chain, draw, avg(loss) AS l FROM loss_traces GROUP BY ALL),
+    d AS (SELECT *, l - avg(l) OVER (PARTITION BY study, step, observable, chain) AS x FROM m),
+    p AS (SELECT *, lag(x) OVER (PARTITION BY study, step, observable, chain ORDER BY draw) AS x_prev FROM d)
+    SELECT study, step, observable, chain, count(*) AS draws,
+           sum(x * x_prev) / nullif(sum(x * x), 0) AS lag1_autocorr,
+           least(count(*), count(*) * (1 - sum(x * x_prev) / nullif(sum(x * x), 0))
+                                     / (1 + sum(x * x_prev) / nullif(sum(x * x), 0))) AS ess_ar1
+    FROM p GROUP BY study, step, observable, chain"""
 
 
 def sql_columns(sql: str) -> list[str]:
