@@ -229,7 +229,6 @@ class _Workers:
     """
 
     def __init__(self, n: int):
-        self.n = n
         self._before = torch.get_num_threads()
         torch.set_num_threads(max(1, self._before // n))
         self._pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="sbif-chain")
