@@ -15,7 +15,6 @@ Pearson correlation between our -(-Corr) and devinterp's +Corr over all off-diag
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from workloads import RESULTS, WORKLOADS, Workload  # noqa: E402
 
 from sbif_dsl.influence.bif import bif_matrices, class_bif  # noqa: E402
-from sbif_dsl.runtime import cpu_threads_for, functional_loss  # noqa: E402
+from sbif_dsl.runtime import cpu_threads_for, functional_loss, replicate_loss  # noqa: E402
 from sbif_dsl.sampling import run_chains  # noqa: E402
 from sbif_dsl.tokens import STRUCTURAL_DEFAULT, ByteTokenizer, Induction, class_masks  # noqa: E402
 
@@ -133,7 +132,7 @@ def run_ours(w: Workload, device: str, precision: str = "float32") -> dict:
             tracked,
             cfg,
             seed=0,
-            replicate=lambda: functional_loss(copy.deepcopy(model), w.loss),
+            replicate=replicate_loss(model, w.loss),
         )
     t1 = time.perf_counter()
     traces = res.traces[0]  # (chains, draws, n[, T])

@@ -63,6 +63,11 @@ def cpu_threads_for(module: nn.Module, chains: int, batch: int, sample: Tensor):
         torch.set_num_threads(before)
 
 
+def replicate_loss(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor]):
+    """() -> a `functional_loss` over a private deep copy of the module: one per sampler worker thread."""
+    return lambda: functional_loss(copy.deepcopy(module), loss)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise UsageError("spec says device: cuda but CUDA is not available here; hint: use device: auto")
@@ -219,7 +224,7 @@ class Session:
     def loss_fn_replica(self, module: nn.Module):
         """A loss_fn over a private copy of the module, for a sampler worker thread: `functional_call` swaps a
         module's parameters in place while it runs, so one module cannot serve two threads."""
-        return lambda: functional_loss(copy.deepcopy(module), self.dataset.loss)
+        return replicate_loss(module, self.dataset.loss)
 
     def check_loss_contract(self, module: nn.Module) -> None:
         """Run the user's loss once on a small batch and check its shape, dtype and finiteness."""

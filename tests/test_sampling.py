@@ -257,20 +257,15 @@ def test_llc_per_chain_formula():
 
 def _tiny_lm(seed: int = 0):
     """A 2-layer attention-only transformer on random byte windows, float32: the per-token sampler workload."""
-    import copy
-
     from sbif_dsl.models.transformer import Transformer, next_token_loss
-    from sbif_dsl.runtime import functional_loss
+    from sbif_dsl.runtime import functional_loss, replicate_loss
 
     torch.manual_seed(seed)
     model = Transformer(64, n_layers=2, n_heads=2, d_model=32, context=16)
     tokens = torch.randint(0, 64, (48, 16), generator=torch.Generator().manual_seed(seed))
     params0 = {k: v.detach() for k, v in model.named_parameters()}
 
-    def replicate():
-        return functional_loss(copy.deepcopy(model), next_token_loss)
-
-    return functional_loss(model, next_token_loss), replicate, params0, tokens
+    return functional_loss(model, next_token_loss), replicate_loss(model, next_token_loss), params0, tokens
 
 
 def test_worker_threads_give_the_single_thread_result_bitwise():

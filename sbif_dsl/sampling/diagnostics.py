@@ -31,7 +31,16 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value
 
-from .sgld import FlatParams, ParamLossFn, SGLDConfig, _mean_loss_over, _minibatch_indices, _OverChains, sgld_step
+from .sgld import (
+    FlatParams,
+    ParamLossFn,
+    SGLDConfig,
+    _mean_loss_over,
+    _minibatch_indices,
+    _OverChains,
+    _step_inputs,
+    sgld_step,
+)
 
 # A setting is called stationary when, averaged over chains, the batch loss drifts by at most this many of its
 # standard deviations across the second half of the draws, and the two halves' means differ by at most as much.
@@ -65,7 +74,7 @@ def run_calibration_chains(
     """Sample cfg.chains SGLD chains from w* = params0, recording minibatch losses and MALA acceptance."""
     t_start = time.perf_counter()
     flat = FlatParams(params0, cfg.precision)
-    device, dtype = flat.device, flat.dtype
+    device = flat.device
     losses, mean_loss = flat.loss_fns(loss_fn)
 
     C, D = cfg.chains, cfg.draws
@@ -91,12 +100,7 @@ def run_calibration_chains(
     acceptance = torch.full((C, D), float("nan"), dtype=torch.float64)  # (chains, draws)
     total, cached = cfg.total_steps, None
     for step in range(total):
-        if full_batch:
-            x, y = x_train, y_train
-        else:
-            idx = next(batches)  # (chains, batch)
-            x, y = x_train[idx], y_train[idx]  # (chains, batch, ...)
-        noise = torch.randn(w.shape, generator=gen, device=device, dtype=dtype)  # (chains, n_params)
+        x, y, noise = _step_inputs(train, batches, gen, w)
         grad, loss = cached if cached is not None else step_grad(w, x, y)  # (chains, n_params), (chains,)
         w_new, v = sgld_step(w, grad, w0, cfg, noise, v)
         grad_new, loss_new = step_grad(w_new, x, y)  # same batch: U and ∇U at the proposal

@@ -304,6 +304,18 @@ def _minibatch_indices(n: int, batch: int, chains: int, gen: torch.Generator) ->
             yield perm[:, k * batch : (k + 1) * batch]  # (chains, batch)
 
 
+def _step_inputs(
+    train: tuple[Tensor, Tensor], batches: Iterator[Tensor] | None, gen: torch.Generator, w: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One step's inputs, targets and (chains, n_params) noise, drawn in the fixed order (the epoch permutation
+    when one starts, then the noise) that lets calibration reproduce the sample stage's chains bitwise."""
+    x, y = train
+    if batches is not None:
+        idx = next(batches)  # (chains, batch)
+        x, y = x[idx], y[idx]  # (chains, batch, ...)
+    return x, y, torch.randn(w.shape, generator=gen, device=w.device, dtype=w.dtype)
+
+
 def _first_nonfinite(batch_losses: Tensor, traces: list[Tensor]) -> tuple[int, int] | None:
     """(chain, draw) of the earliest draw where any chain's batch or tracked loss is non-finite; one sync."""
     bad = ~torch.isfinite(batch_losses)  # (chains, draws)
@@ -449,12 +461,7 @@ def run_chains(
         def advance() -> Tensor:
             """One SGLD step of every chain; returns the (chains,) minibatch loss at the pre-step weights."""
             nonlocal w, v, step
-            if full_batch:
-                x, y = x_train, y_train
-            else:
-                idx = next(batches)  # (chains, batch)
-                x, y = x_train[idx], y_train[idx]  # (chains, batch, ...)
-            noise = torch.randn(w.shape, generator=gen, device=device, dtype=dtype)  # (chains, n_params)
+            x, y, noise = _step_inputs(train, batches, gen, w)
             grad, loss = step_grad(w, x, y)  # (chains, n_params), (chains,)
             w, v = sgld_step(w, grad, w0, cfg, noise, v)
             step += 1
