@@ -20,15 +20,14 @@ import yaml
 from pydantic import ValidationError
 
 from .errors import UsageError
-from .hashing import derive_seed
+from .sampling import SGLDConfig
 from .sampling.diagnostics import STATIONARY_MAX_DRIFT, run_calibration_chains, summarize
 from .spec.models import Sampler
-from .stages.base import Stage
-from .stages.sample import sampler_config
-from .store import StageOutput
+from .stages.base import Inputs, Stage, StageMeta, StageOutput
+from .stages.sample import module_at, sampler_config, sampling_params
 from .store.views import CALIBRATION_SUFFIX
 
-VERSION = 1
+VERSION = 2  # 2: keyed like sample stages v3 (the spec's device)
 MIN_ACCEPTANCE = 0.9  # below this the unadjusted chain differs noticeably from an exact one (discretization bias)
 GRID_ORDER = ["method", "eps", "gamma", "nbeta"]
 
@@ -93,38 +92,29 @@ def default_grid(base: Sampler) -> dict[str, list]:
 # ----------------------------------------------------------------------------- the stage
 
 
-def build_stage(session, checkpoint: Stage, dataset_key: str, sampler: Sampler) -> Stage:
-    cfg = sampler_config(session, sampler)
+def build_stage(rt, checkpoint: Stage, dataset_key: str, sampler: Sampler) -> Stage:
+    cfg = sampler_config(rt, sampler)
     return Stage(
         kind="calibration",
         version=VERSION,
-        fields={
-            "sampler": cfg.__dict__,
-            "seed": session.study.seed,
-            "dtype": session.study.dtype,
-            "device": session.device.type,
-        },
-        inputs=[checkpoint.key, dataset_key],
-        run=run_stage,
-        step=checkpoint.step,
-        parent=checkpoint.key,
-        label=f"calibrate at step {checkpoint.step}: {cfg.method} eps={_fmt(cfg.eps)} gamma={_fmt(cfg.gamma)} "
-        f"nbeta={_fmt(cfg.nbeta)}",
-        seed=derive_seed(session.study.seed, "sample", checkpoint.key),  # the sample stage's seed
-        payload={"checkpoint": checkpoint, "config": cfg},
+        params=sampling_params(rt, checkpoint, cfg),  # the sample stage's seed too: same chains for the same setting
+        inputs=(checkpoint.key, dataset_key),
+        meta=StageMeta(
+            step=checkpoint.step,
+            parent=checkpoint.key,
+            label=f"calibrate at step {checkpoint.step}: {cfg.method} eps={_fmt(cfg.eps)} gamma={_fmt(cfg.gamma)} "
+            f"nbeta={_fmt(cfg.nbeta)}",
+        ),
     )
 
 
-def run_stage(session, stage: Stage, out_dir: Path) -> StageOutput:
-    ckpt, cfg = stage.payload["checkpoint"], stage.payload["config"]
-    module = session.new_module()
-    module.load_state_dict(session.load_state(ckpt.key, ckpt.payload.get("path")))
-    session.check_loss_contract(module)
+def run_stage(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    cfg = SGLDConfig(**stage.params["sampler"])
+    module = module_at(rt, stage, inputs)
+    rt.check_loss_contract(module)
     params0 = {k: v.detach() for k, v in module.named_parameters()}
-    train = (session.on_device(session.dataset.train.inputs), session.on_device(session.dataset.train.targets))
-    res = run_calibration_chains(
-        session.loss_fn(module), params0, train, cfg, seed=stage.seed, progress=session.progress
-    )
+    train = (rt.on_device(rt.dataset.train.inputs), rt.on_device(rt.dataset.train.targets))
+    res = run_calibration_chains(rt.loss_fn(module), params0, train, cfg, seed=stage.params["seed"], progress=progress)
     s = summarize(res, cfg.nbeta)
     ch = s["chains"]
     C, D = res.batch_losses.shape
@@ -253,28 +243,26 @@ def pick_checkpoint(checkpoints: list[Stage], step: int | None) -> Stage:
     raise UsageError(f"--checkpoint {step}: not a checkpoint of this spec; steps: {', '.join(map(str, steps))}")
 
 
-def calibrate(session, grid: dict[str, list], step: int | None = None, report=None) -> Calibration:
+def calibrate(rt, store, grid: dict[str, list], step: int | None = None, report=None, backend=None) -> Calibration:
     """Run the missing grid-point stages (and the checkpoint they need); call inside `store.writer()`."""
-    from .executor import RunSummary, _run_stages
-    from .stages import dataset, load, train
+    from .executor import run_stages
+    from .plan import checkpoint_stages
+    from .stages import dataset
 
-    study = session.study
-    ds = dataset.build(session)
-    checkpoints = train.build(session, ds.key) if study.training is not None else load.build(session, ds.key)
+    ds = dataset.build(rt)
+    checkpoints = checkpoint_stages(rt, store, ds.key)
     ckpt = pick_checkpoint(checkpoints, step)
-    points = expand(study.sampler, grid or default_grid(study.sampler))
+    points = expand(rt.study.sampler, grid or default_grid(rt.study.sampler))
     seen: dict[str, Stage] = {}
     for p in points:
         if p.sampler is not None:
-            p.stage = seen.setdefault((st := build_stage(session, ckpt, ds.key, p.sampler)).key, st)
-    stages = [ds, ckpt, *seen.values()]
-    done = session.store.complete_keys([s.key for s in stages])
-    todo = [s for s in stages if s.key not in done]
-    summary = RunSummary()
-    with session.thread_policy():
-        _run_stages(session, todo, summary, report)
-    _register(session, [s.key for s in stages])
-    summaries = _load_summaries(session, list(seen))
+            p.stage = seen.setdefault((st := build_stage(rt, ckpt, ds.key, p.sampler)).key, st)
+    upstream = [ds, *checkpoints[: checkpoints.index(ckpt) + 1]]  # training resumes through earlier checkpoints
+    done = store.complete_keys([s.key for s in [*upstream, *seen.values()]])
+    needed = _needed(ckpt, upstream, done) + [s for s in seen.values() if s.key not in done]
+    summary = run_stages(rt, store, needed, report=report, backend=backend)
+    store.add_to_study(rt.study.name + CALIBRATION_SUFFIX, [ds.key, ckpt.key, *seen])
+    summaries = _load_summaries(store, list(seen))
     for p in points:
         if p.stage is not None:
             p.summary = summaries[p.stage.key]
@@ -282,19 +270,24 @@ def calibrate(session, grid: dict[str, list], step: int | None = None, report=No
     return Calibration(ckpt.step, points, choice, why, len(summary.ran))
 
 
-def _register(session, keys: list[str]) -> None:
-    """Add the stages to the pseudo-study '<study>:calibrate' (earlier calibrations stay), so gc keeps them."""
-    with session.store.connect(views=False) as con:
-        con.executemany(
-            "INSERT OR IGNORE INTO study_stages VALUES (?, ?)",
-            [[session.study.name + CALIBRATION_SUFFIX, k] for k in sorted(set(keys))],
-        )
+def _needed(target: Stage, upstream: list[Stage], done: set[str]) -> list[Stage]:
+    """The uncached stages `target` needs, through warm starts and inputs, in plan order."""
+    by_key = {s.key: s for s in upstream}
+    want: set[str] = set()
+    stack = [target.key]
+    while stack:
+        key = stack.pop()
+        if key in done or key in want or key not in by_key:
+            continue
+        want.add(key)
+        stack.extend(by_key[key].needs())
+    return [s for s in upstream if s.key in want]
 
 
-def _load_summaries(session, keys: list[str]) -> dict[str, dict]:
+def _load_summaries(store, keys: list[str]) -> dict[str, dict]:
     cols = ["llc_mean", "llc_std", "trend", "half_shift", "stationary", "acceptance", "divergences"]
     out: dict[str, dict] = {}
-    with session.store.connect(read_only=True, views=False) as con:
+    with store.connect(read_only=True, views=False) as con:
         for key in keys:
             row = con.execute(f"SELECT {', '.join(cols)} FROM r_calibration WHERE key = ?", [key]).fetchone()
             out[key] = {c: (math.nan if v is None else v) for c, v in zip(cols, row, strict=True)}

@@ -61,11 +61,11 @@ def _store(cache_path):
     return Store(cache_path)
 
 
-def _session(spec_path, overrides, cache_path):
-    from .runtime import Session
+def _runtime(spec_path, overrides):
+    from .runtime import runtime_for
     from .spec import load_spec
 
-    return Session(load_spec(spec_path, list(overrides)), _store(cache_path))
+    return runtime_for(load_spec(spec_path, list(overrides)))
 
 
 @click.group()
@@ -108,7 +108,7 @@ def plan(spec: Path, overrides, cache_path) -> None:
     """List the stages a spec needs, their content keys, and whether each is cached."""
     from .plan import build_plan
 
-    p = build_plan(_session(spec, overrides, cache_path))
+    p = build_plan(_runtime(spec, overrides), _store(cache_path))
     for s in p.stages:
         status = "cached" if s.key in p.cached else "to run"
         click.echo(f"{s.key[:16]}  {status:7s}  {s.kind:11s}  {s.label}")
@@ -124,14 +124,20 @@ class _Progress:
         self.last = 0.0
         self.current = ""
 
-    def stage(self, event, stage, i, n, wall) -> None:
+    def stage(self, event, stage, status) -> None:
+        """One line per finished stage: [done/total] kind label, its wall time, what runs and waits, an ETA."""
         if self.quiet:
             return
-        self.current = f"[{i}/{n}] {stage.kind:11s} {stage.label}"
-        if event == "start" and self.tty:
-            click.echo(f"\r{self.current} ...", err=True, nl=False)
+        self.current = f"{stage.kind:11s} {stage.label}"
+        if event == "start" and self.tty and status.running == 1:
+            click.echo(f"\r{self.current} ...\033[K", err=True, nl=False)
         elif event == "done":
-            click.echo(f"\r{self.current}  {wall:.2f}s\033[K" if self.tty else f"{self.current}  {wall:.2f}s", err=True)
+            left = status.queued + status.running
+            eta = f", ETA {_duration(status.eta_s)}" if status.eta_s is not None and left else ""
+            line = f"[{status.done}/{status.total}] {self.current}  {status.wall_s:.2f}s"
+            if left:
+                line += f"  ({status.running} running, {status.queued} queued{eta})"
+            click.echo(f"\r{line}\033[K" if self.tty else line, err=True)
 
     def inner(self, done: int, total: int) -> None:
         now = time.monotonic()
@@ -140,35 +146,75 @@ class _Progress:
             click.echo(f"\r{self.current} {100 * done // max(total, 1):3d}%", err=True, nl=False)
 
 
+def _duration(s: float) -> str:
+    return f"{s:.0f}s" if s < 90 else f"{s // 60:.0f}m{s % 60:02.0f}s"
+
+
+executor_options = [
+    click.option(
+        "--executor",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="Where stages run: this process, or Ray tasks (pip install 'sbif_dsl[ray]').",
+    ),
+    click.option(
+        "--ray-address",
+        default=None,
+        metavar="auto|HOST:PORT",
+        help="Ray cluster to join (default: start a local one on 127.0.0.1 with --workers CPUs).",
+    ),
+    click.option("--workers", type=click.IntRange(min=1), default=None, help="Ray: stages in flight at once."),
+]
+
+
+def with_executor_options(fn):
+    for option in reversed(executor_options):
+        fn = option(fn)
+    return fn
+
+
+def _backend(executor: str, ray_address: str | None, workers: int | None, store, progress):
+    from .executor import LocalBackend
+
+    if executor == "local":
+        if ray_address or workers:
+            raise UsageError("--ray-address and --workers need --executor ray")
+        return LocalBackend(store, progress)
+    from .ray_backend import RayBackend
+
+    return RayBackend(store, address=ray_address, workers=workers)
+
+
 @main.command()
 @click.argument("spec", type=click.Path(path_type=Path))
 @set_option
 @cache_option
+@with_executor_options
 @click.option("--recompute", is_flag=True, help="Run every stage even if cached.")
 @click.option("--wait", "wait_s", default=0.0, show_default=True, help="Seconds to wait for another writer.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the summary line.")
 @handle_errors
-def run(spec: Path, overrides, cache_path, recompute: bool, wait_s: float, quiet: bool) -> None:
+def run(spec: Path, overrides, cache_path, executor, ray_address, workers, recompute: bool, wait_s: float, quiet: bool):
     """Run the stages the cache lacks; an unchanged spec computes nothing."""
-    from .executor import execute
+    from .executor import execute, register_study
     from .plan import build_plan
 
     t0 = time.perf_counter()
-    session = _session(spec, overrides, cache_path)
+    rt, store = _runtime(spec, overrides), _store(cache_path)
     progress = _Progress(quiet)
-    session.progress = progress.inner
-    with session.store.writer(wait_s=wait_s):
-        p = build_plan(session)
+    with store.writer(wait_s=wait_s):
+        p = build_plan(rt, store)
         if not p.missing and not recompute:
-            from .executor import register_study
-
-            register_study(session, p)
+            register_study(rt, store, p)
             click.echo(f"nothing to compute: all {len(p.stages)} stages cached ({time.perf_counter() - t0:.2f}s)")
             return
-        summary = execute(session, p, recompute=recompute, report=progress.stage)
+        backend = _backend(executor, ray_address, workers, store, progress.inner)
+        summary = execute(rt, store, p, recompute=recompute, report=progress.stage, backend=backend)
+    devices = ", ".join(sorted(summary.devices)) or "none"
     click.echo(
         f"done: ran {len(summary.ran)} stages, {summary.hits} cached, in {time.perf_counter() - t0:.1f}s "
-        f"(device {session.device}); cache {session.store.db_path}"
+        f"(executor {executor}, device {devices}); cache {store.db_path}"
     )
 
 
@@ -245,10 +291,13 @@ def report(spec: Path, overrides, cache_path, out: Path | None) -> None:
 @click.option("--method", default=None, help="Sampler methods to sweep, e.g. sgld,rmsprop_sgld.")
 @set_option
 @cache_option
+@with_executor_options
 @click.option("--wait", "wait_s", default=0.0, show_default=True, help="Seconds to wait for another writer.")
 @click.option("-q", "--quiet", is_flag=True, help="No per-stage progress.")
 @handle_errors
-def calibrate(spec: Path, grid_args, step, grid, method, overrides, cache_path, wait_s: float, quiet: bool) -> None:
+def calibrate(
+    spec: Path, grid_args, step, grid, method, overrides, cache_path, executor, ray_address, workers, wait_s, quiet
+) -> None:
     """Sweep sampler settings at a checkpoint: LLC ± std, stationarity, MALA acceptance, divergences; recommend one.
 
     Grid: `--grid eps=1e-5,1e-4 gamma=1e3,1e5 nbeta=1e3` (any sampler field; values after the first --grid may
@@ -257,16 +306,16 @@ def calibrate(spec: Path, grid_args, step, grid, method, overrides, cache_path, 
     from .calibrate import calibrate as run_calibration
     from .calibrate import format_recommendation, format_table, parse_grid
 
-    session = _session(spec, overrides, cache_path)
+    rt, store = _runtime(spec, overrides), _store(cache_path)
     progress = _Progress(quiet)
-    session.progress = progress.inner
     parsed = parse_grid([*grid, *grid_args], method)
-    with session.store.writer(wait_s=wait_s):
-        cal = run_calibration(session, parsed, step, report=progress.stage)
+    with store.writer(wait_s=wait_s):
+        backend = _backend(executor, ray_address, workers, store, progress.inner)
+        cal = run_calibration(rt, store, parsed, step, report=progress.stage, backend=backend)
     if not parsed:
-        click.echo(f"no --grid given: sweeping eps around the spec's value ({session.study.sampler.eps:g})")
+        click.echo(f"no --grid given: sweeping eps around the spec's value ({rt.study.sampler.eps:g})")
     click.echo(
-        f"calibration of study {session.study.name!r} at checkpoint step {cal.step} "
+        f"calibration of study {rt.study.name!r} at checkpoint step {cal.step} "
         f"({cal.ran} stages run, the rest cached):"
     )
     for line in format_table(cal) + format_recommendation(cal):

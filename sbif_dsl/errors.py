@@ -16,6 +16,9 @@ class SpecError(SbifError):
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
 
+    def __reduce__(self):  # errors travel from Ray workers to the driver by pickle
+        return (type(self), (self.problems,))
+
 
 class UsageError(SbifError):
     """Bad command-line input (an unknown checkpoint step, a malformed --set)."""
@@ -33,12 +36,15 @@ class NonFiniteError(SbifError):
     """A sampler chain produced NaN/Inf; the stage is not stored."""
 
     def __init__(self, chain: int, draw: int, context: str = ""):
-        self.chain, self.draw = chain, draw
+        self.chain, self.draw, self.context = chain, draw, context
         where = f"{context}: " if context else ""
         super().__init__(
             f"{where}chain {chain} became non-finite at draw {draw}. "
             "hint: use a smaller sampler.eps or a larger sampler.gamma (localization)."
         )
+
+    def __reduce__(self):
+        return (type(self), (self.chain, self.draw, self.context))
 
 
 class CacheLockedError(SbifError):

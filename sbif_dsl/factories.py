@@ -13,9 +13,11 @@ from .hashing import file_sha256, sha256_hex
 
 
 def resolve(factory: str, base_dir: Path | None = None) -> Callable:
-    """'pkg.module:function' -> the function; the spec's folder is importable (for local modules)."""
+    """'pkg.module:function' -> the function; the spec's folder is importable while the module is imported (for
+    modules next to the spec), and taken off sys.path again so that one spec's folder cannot shadow another's."""
     module_name, _, func_name = factory.partition(":")
-    if base_dir is not None and str(base_dir) not in sys.path:
+    added = base_dir is not None and str(base_dir) not in sys.path
+    if added:
         sys.path.insert(0, str(base_dir))
     try:
         module = importlib.import_module(module_name)
@@ -24,6 +26,9 @@ def resolve(factory: str, base_dir: Path | None = None) -> Callable:
             f"factory {factory!r}: cannot import module {module_name!r} ({e}); "
             "hint: install it or put it next to the spec file"
         ) from None
+    finally:
+        if added:
+            sys.path.remove(str(base_dir))
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ContractError(f"factory {factory!r}: module {module_name!r} has no callable {func_name!r}")

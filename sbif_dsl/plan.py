@@ -23,53 +23,58 @@ class Plan:
         return [s.key for s in self.stages]
 
 
-def _check_data_references(session) -> None:
+def _check_data_references(rt) -> None:
     """Python data reveals its query sets only when built: check observables against them now."""
-    if hierarchy_sets(session.study) is not None:
+    if hierarchy_sets(rt.study) is not None:
         return
-    problems = reference_problems(session.study, set(session.dataset.sets()))
+    problems = reference_problems(rt.study, set(rt.dataset.sets()))
     if problems:
         path, msg = problems[0]
-        raise spec_problem(session.spec, path, msg)
+        raise spec_problem(rt.spec, path, msg)
 
 
-def build_plan(session) -> Plan:
-    _check_data_references(session)
-    study = session.study
-    ds = dataset.build(session)
-    checkpoints = train.build(session, ds.key) if study.training is not None else load.build(session, ds.key)
+def checkpoint_stages(rt, store, dataset_key: str) -> list[Stage]:
+    """The study's checkpoints: trained in-spec (resuming from the cache where it can) or loaded from files."""
+    if rt.study.training is None:
+        return load.build(rt, dataset_key)
+    return train.build(rt, dataset_key, store.lineage_checkpoints)
+
+
+def build_plan(rt, store) -> Plan:
+    """rt: the driver's Runtime (builds the data to key it; never resolves a device); store: what is cached."""
+    _check_data_references(rt)
+    study = rt.study
+    ds = dataset.build(rt)
+    checkpoints = checkpoint_stages(rt, store, ds.key)
     stages: list[Stage] = [ds, *checkpoints]
-    lm_kinds = {"class_bif", "token_bif", "class_loss", "induction_score"}
     token_classes = None
-    if study.token_classes is not None or any(a.kind in ("class_bif", "class_loss") for a in study.analyses):
-        token_classes = tokens.build(session, ds.key)
+    if study.token_classes is not None or any(a.kind in lm.USES_CLASSES for a in study.analyses):
+        token_classes = tokens.build(rt, ds.key)
         stages.append(token_classes)
     tokens_key = token_classes.key if token_classes else None
+    lm_kinds = {"class_bif", "token_bif"}
     for ckpt in checkpoints:
         for a in study.analyses:
-            if a.kind not in SAMPLED_KINDS and a.kind not in STUDY_KINDS:
-                stages.append(lm.build(session, a, ckpt, tokens_key))
-        smp = sample.build(session, ckpt, ds.key)
+            if a.kind in lm.ON_CHECKPOINT:
+                stages.append(lm.build(rt, a, ckpt, tokens_key))
+        smp = sample.build(rt, ckpt, ds.key)
         stages.append(smp)
         for a in study.analyses:
             if a.kind in SAMPLED_KINDS:
-                build = lm.build(session, a, smp, tokens_key) if a.kind in lm_kinds else analyses.build(session, a, smp)
+                build = lm.build(rt, a, smp, tokens_key) if a.kind in lm_kinds else analyses.build(rt, a, smp)
                 stages.append(build)
-    stages.extend(_validation_stages(session, stages, ds.key, checkpoints))
-    return Plan(stages=stages, cached=session.store.complete_keys([s.key for s in stages]))
+    stages.extend(_validation_stages(rt, stages, ds.key, checkpoints))
+    return Plan(stages=stages, cached=store.complete_keys([s.key for s in stages]))
 
 
-STUDY_KINDS = ("loo", "agreement")  # one set of stages per study, not per checkpoint
-
-
-def _validation_stages(session, stages: list[Stage], dataset_key: str, checkpoints: list[Stage]) -> list[Stage]:
+def _validation_stages(rt, stages: list[Stage], dataset_key: str, checkpoints: list[Stage]) -> list[Stage]:
     """LOO retraining (one stage per left-out sample) and BIF-vs-LOO agreement (after both analyses)."""
     out: list[Stage] = []
-    for i, a in enumerate(session.study.analyses):
+    for i, a in enumerate(rt.study.analyses):
         if a.kind == "loo":
-            out.extend(loo.build(session, a, i, dataset_key, checkpoints))
-    for a in session.study.analyses:
+            out.extend(loo.build(rt, a, i, dataset_key, checkpoints))
+    for a in rt.study.analyses:
         if a.kind == "agreement":
             compared = [s for s in stages + out if s.analysis in (a.bif, a.loo) and s.kind in ("bif", "loo")]
-            out.append(agreement.build(session, a, compared))
+            out.append(agreement.build(rt, a, compared))
     return out

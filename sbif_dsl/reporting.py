@@ -12,7 +12,7 @@ import polars as pl
 
 from .errors import MissingResultsError, UsageError
 from .plan import build_plan
-from .runtime import Session
+from .runtime import runtime_for
 from .spec import LoadedSpec
 from .spec.models import analysis_name
 from .store import Store, fetch_frame
@@ -49,7 +49,7 @@ def write_report(spec: LoadedSpec, store: Store, out: Path | None = None) -> Pat
     from .report import DetectParams, Section, build_report, section_chart
 
     study = spec.study
-    plan = build_plan(Session(spec, store))
+    plan = build_plan(runtime_for(spec), store)
     if plan.missing:
         kinds = sorted({s.kind for s in plan.missing})
         raise MissingResultsError(

@@ -1,4 +1,8 @@
-"""Run-time context shared by stages: device, the built dataset and model, and loaded artifacts."""
+"""What a stage's run builds from the spec: device, the dataset and model, the loss, the thread policy.
+
+A `Runtime` holds no cache and no results: it is a function of the spec (and the machine it runs on), so the
+driver uses one to plan and every worker process builds its own (`runtime_for`, one per spec per process).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import copy
 import io
 import math
 import platform
+import socket
 import sys
+from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import contextmanager
 from functools import cached_property
@@ -23,7 +29,6 @@ from .errors import ContractError, UsageError
 from .hashing import canonical_json, derive_seed, sha256_hex
 from .models.deep_linear import DeepLinear
 from .spec import LoadedSpec
-from .store import Store
 from .task import Dataset, check_dataset, check_losses, check_module
 
 SMALL_WORKLOAD = 10_000_000  # params × chains × batch elements below which CPU runs use one thread
@@ -93,17 +98,18 @@ def state_digest(state: dict[str, Tensor]) -> str:
     return sha256_hex(canonical_json(names) + tensor_digest(*[state[n] for n in names]))
 
 
-class Session:
-    """One spec on one device: builds data and models once and hands them to stages."""
+class Runtime:
+    """One spec on this process's device: builds data and models once and hands them to stage runs."""
 
-    def __init__(self, spec: LoadedSpec, store: Store):
+    def __init__(self, spec: LoadedSpec):
         self.spec = spec
         self.study = spec.study
-        self.store = store
-        self.device = resolve_device(self.study.device)
         self.dtype = getattr(torch, self.study.dtype)
-        self.memo: dict[Any, Any] = {}
-        self.progress = None  # set by the executor: callable(done, total)
+
+    @cached_property
+    def device(self) -> torch.device:
+        """Resolved where the run happens (a CPU driver plans for GPU workers): never part of a key."""
+        return resolve_device(self.study.device)
 
     # ------------------------------------------------------------------ data
 
@@ -169,6 +175,14 @@ class Session:
         loss_code = factories.code_fingerprint(self.dataset.loss) if self.study.data.kind == "python" else "builtin"
         return sha256_hex(canonical_json([parts, loss_code]))
 
+    def check_dataset(self, digest: str) -> None:
+        """Refuse to run on other data than the plan keyed (a worker node whose copy of the spec folder differs)."""
+        if self.dataset_digest != digest:
+            raise UsageError(
+                f"the data built on host {socket.gethostname()} differ from the data the plan was made with "
+                f"(content {self.dataset_digest[:12]} vs {digest[:12]}); hint: every node needs the same spec folder"
+            )
+
     def on_device(self, t: Tensor) -> Tensor:
         t = t.to(self.device)
         return t.to(self.dtype) if t.is_floating_point() else t
@@ -183,9 +197,14 @@ class Session:
 
     def new_module(self, init_seed: int | None = None) -> nn.Module:
         """A fresh model on the device; with init_seed, initialised deterministically from it."""
+        with torch.random.fork_rng(devices=[]):  # seeding must not leak into the process's global RNG
+            if init_seed is not None:
+                torch.manual_seed(init_seed)
+            module = self._build_module(init_seed)
+        return module.to(device=self.device, dtype=self.dtype)
+
+    def _build_module(self, init_seed: int | None) -> nn.Module:
         m = self.study.model
-        if init_seed is not None:
-            torch.manual_seed(init_seed)
         if m.kind == "deep_linear":
             x, y = self.dataset.train.inputs, self.dataset.train.targets
             module = DeepLinear([x.shape[1], *m.hidden, y.shape[1]], bias=m.bias)
@@ -215,7 +234,7 @@ class Session:
             origin = f"model factory {m.factory!r}"
             fn = factories.resolve(m.factory, self.spec.base_dir)
             module = check_module(fn(self.dataset, **m.options), origin)
-        return module.to(device=self.device, dtype=self.dtype)
+        return module
 
     def loss_fn(self, module: nn.Module):
         """Functional per-sample loss (params, inputs, targets) -> [B] | [B, T], for the sampler."""
@@ -236,37 +255,34 @@ class Session:
         origin = f"loss of data factory {data.factory!r}" if data.kind == "python" else f"{data.kind} loss"
         check_losses(out, n, origin)
 
-    # ------------------------------------------------------------------ checkpoints
-
-    def load_state(self, checkpoint_key: str, path: str | None = None) -> dict[str, Tensor]:
-        """Model weights of a checkpoint: from the cache (trained) or from the user's file (loaded)."""
-        memo_key = ("state", checkpoint_key)
-        if memo_key not in self.memo:
-            file = Path(path) if path else self.store.artifact(checkpoint_key, "state.pt")
-            if file.is_dir():  # a Hugging Face revision folder
-                from .models.hf import hf_state
-
-                state = hf_state(file)
-            else:
-                blob = torch.load(file, map_location="cpu", weights_only=True)
-                state = blob["model"] if isinstance(blob, dict) and "model" in blob else blob
-            self.memo.clear() if len(self.memo) > 64 else None
-            self.memo[memo_key] = state
-        return self.memo[memo_key]
-
     @contextmanager
-    def thread_policy(self):
-        """Tiny models run single-threaded on CPU (see `cpu_threads_for`)."""
-        if self.device.type != "cpu":
-            yield
-            return
-        x = self.dataset.train.inputs
-        batch = min(self.study.sampler.batch_size or len(x), len(x))
-        with cpu_threads_for(self.new_module(), self.study.sampler.chains, batch, x[0]):
-            yield
+    def thread_policy(self, threads: int | None = None):
+        """A run's intra-op threads: the ones it was given (a Ray task's CPUs), one for tiny CPU workloads (see
+        `cpu_threads_for`); the process's setting is restored afterwards."""
+        before = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            if self.device.type != "cpu":
+                yield
+                return
+            x = self.dataset.train.inputs
+            batch = min(self.study.sampler.batch_size or len(x), len(x))
+            with cpu_threads_for(self.small_module, self.study.sampler.chains, batch, x[0]):
+                yield
+        finally:
+            torch.set_num_threads(before)
+
+    @cached_property
+    def small_module(self) -> nn.Module:
+        """A module of the spec's shape, for sizing the workload (its weights are never used)."""
+        return self.new_module()
 
     def provenance(self) -> dict:
+        """Where a run happened: measured in the process that ran it (a Ray worker's host and device)."""
         return {
+            "host": socket.gethostname(),
+            "threads": torch.get_num_threads(),
             "sbif_dsl": __version__,
             "torch": torch.__version__,
             "python": sys.version.split()[0],
@@ -276,6 +292,28 @@ class Session:
             if self.device.type == "cuda"
             else platform.processor(),
         }
+
+
+_RUNTIMES: OrderedDict[str, Runtime] = OrderedDict()
+
+
+def runtime_for(spec: LoadedSpec) -> Runtime:
+    """This process's Runtime of a spec (built once: datasets are deterministic functions of the spec); the few
+    most recent specs are kept."""
+    digest = sha256_hex(canonical_json([str(spec.path), spec.study.model_dump(mode="json")]))
+    if digest in _RUNTIMES:
+        _RUNTIMES.move_to_end(digest)
+    else:
+        _RUNTIMES[digest] = Runtime(spec)
+        while len(_RUNTIMES) > 4:
+            _RUNTIMES.popitem(last=False)
+    return _RUNTIMES[digest]
+
+
+def load_state(path: Path) -> dict[str, Tensor]:
+    """Model weights of a checkpoint artifact (`state.pt`: a bare state dict or a training state with "model")."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return blob["model"] if isinstance(blob, dict) and "model" in blob else blob
 
 
 def save_blob(obj: Any, path) -> None:

@@ -177,7 +177,7 @@ def test_killed_run_leaves_nothing_half_written_and_resumes(tmp_path, cache_path
         samples = con.execute("SELECT key FROM stage_registry WHERE kind = 'sample'").fetchall()
         for (key,) in samples:  # every registered sample stage has its rows and artifacts
             assert con.execute("SELECT count(*) FROM r_batch_losses WHERE key = ?", [key]).fetchone()[0] == 3 * 3000
-            assert con.execute("SELECT count(*) FROM artifacts WHERE key = ?", [key]).fetchone()[0] == 2
+            assert con.execute("SELECT count(*) FROM artifacts WHERE key = ?", [key]).fetchone()[0] == 3
         n_done = con.execute("SELECT count(*) FROM stage_registry").fetchone()[0]
     assert n_done < 19
     out = sbif("run", str(slow), "--set", "sampler.draws=3000", cache=cache_path).stdout

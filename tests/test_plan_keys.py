@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sbif_dsl.hashing import canonical_json, derive_seed, stage_key
 from sbif_dsl.plan import build_plan
-from sbif_dsl.runtime import Session
+from sbif_dsl.runtime import Runtime
 from sbif_dsl.spec import load_spec
 from sbif_dsl.store import Store
 
@@ -13,7 +13,7 @@ from .conftest import TINY_SPEC, write_spec
 
 def keys_by_kind(tmp_path, text: str, overrides=None, name="spec.yaml") -> dict[str, list[str]]:
     spec = load_spec(write_spec(tmp_path, text, name=name), overrides)
-    plan = build_plan(Session(spec, Store(tmp_path / "c.duckdb")))
+    plan = build_plan(Runtime(spec), Store(tmp_path / "c.duckdb"))
     out: dict[str, list[str]] = {}
     for s in plan.stages:
         out.setdefault(s.kind, []).append(s.key)

@@ -12,7 +12,7 @@ import torch
 
 from sbif_dsl.hashing import derive_seed
 from sbif_dsl.plan import build_plan
-from sbif_dsl.runtime import Session
+from sbif_dsl.runtime import Runtime
 from sbif_dsl.spec import load_spec
 from sbif_dsl.stages import loo
 from sbif_dsl.store import Store, fetch_frame
@@ -80,36 +80,37 @@ def test_loo_matches_hand_written_retraining(tmp_path):
     """Δ from the stage equals a plain PyTorch loop on (1/n)·Σ_{k≠i} l_k from the same init (float tolerance:
     the sums run in another order), and keeping every sample reproduces the full run bitwise."""
     spec = load_spec(write_spec(tmp_path, LOO_SPEC))
-    session = Session(spec, Store(tmp_path / "c.duckdb"))
-    plan = build_plan(session)
+    rt, store = Runtime(spec), Store(tmp_path / "c.duckdb")
+    plan = build_plan(rt, store)
     ckpts = [s for s in plan.stages if s.kind == "checkpoint"]
     steps = [c.step for c in ckpts]
     from sbif_dsl.executor import execute
 
-    with session.store.writer():
-        execute(session, plan)
-    n = len(session.dataset.train)
-    full = loo.full_run_losses(session, ckpts, "train")
-    init_seed = derive_seed(session.study.seed, "init")
+    with store.writer():
+        execute(rt, store, plan)
+    n = len(rt.dataset.train)
+    states = store.artifact_files([c.key for c in ckpts])
+    full = loo.full_run_losses(rt, {c.step: states[c.key]["state.pt"] for c in ckpts}, "train")
+    init_seed = derive_seed(rt.study.seed, "init")
 
-    same = loo.retrain_losses(session, torch.arange(n), steps, "train", init_seed)
+    same = loo.retrain_losses(rt, dict(ckpts[0].params), torch.arange(n), steps, "train")
     for s in steps:
         assert torch.equal(same[s], full[s])  # same init, same schedule, same loop
 
     i = 2
     keep = [k for k in range(n) if k != i]
-    module = session.new_module(init_seed=init_seed)
-    opt = torch.optim.SGD(module.parameters(), lr=session.study.training.lr)
-    x, y = session.dataset.train.inputs, session.dataset.train.targets
+    module = rt.new_module(init_seed=init_seed)
+    opt = torch.optim.SGD(module.parameters(), lr=rt.study.training.lr)
+    x, y = rt.dataset.train.inputs, rt.dataset.train.targets
     by_hand = {}
     for t in range(1, steps[-1] + 1):
         opt.zero_grad()
-        (session.dataset.loss(module(x[keep]), y[keep]).sum() / n).backward()
+        (rt.dataset.loss(module(x[keep]), y[keep]).sum() / n).backward()
         opt.step()
         if t in steps:
             with torch.no_grad():
-                by_hand[t] = session.dataset.loss(module(x), y).double()
-    with session.store.connect(read_only=True) as con:
+                by_hand[t] = rt.dataset.loss(module(x), y).double()
+    with store.connect(read_only=True) as con:
         df = con.execute(
             "SELECT step, target_idx, delta FROM loo WHERE left_out_idx = ? ORDER BY step, target_idx", [i]
         ).fetchnumpy()
@@ -201,10 +202,8 @@ def test_loo_needs_in_spec_training(tmp_path):
 
 def test_left_out_subset_and_python_data_names(tmp_path):
     keys = build_plan(
-        Session(
-            load_spec(write_spec(tmp_path, TINY_SPEC + "  - {kind: loo, left_out: [item1]}\n")),
-            Store(tmp_path / "c.duckdb"),
-        )
+        Runtime(load_spec(write_spec(tmp_path, TINY_SPEC + "  - {kind: loo, left_out: [item1]}\n"))),
+        Store(tmp_path / "c.duckdb"),
     )
     assert [s.label for s in keys.stages if s.kind == "loo"] == ["loo: retrain without item1"]
     user = write_spec(

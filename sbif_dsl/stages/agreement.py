@@ -21,36 +21,32 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..spec.models import analysis_name
-from ..store import StageOutput
-from .base import Stage
+from .base import Inputs, Stage, StageMeta, StageOutput
 
 VERSION = 1
 
 
-def build(session, analysis, compared: list[Stage]) -> Stage:
+def build(rt, analysis, compared: list[Stage]) -> Stage:
     """compared: every stage of the named bif and loo analyses (the agreement is complete once they are)."""
     name = analysis_name(analysis)
     return Stage(
         kind="agreement",
         version=VERSION,
-        fields={"analysis": analysis.model_dump(mode="json"), "name": name},
-        inputs=[s.key for s in compared],
-        run=run,
-        analysis=name,
-        label=f"{name}: {analysis.bif} vs {analysis.loo}",
-        payload={"analysis": analysis},
+        params={"analysis": analysis.model_dump(mode="json"), "name": name},
+        inputs=tuple(s.key for s in compared),
+        meta=StageMeta(analysis=name, label=f"{name}: {analysis.bif} vs {analysis.loo}"),
     )
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
-    a = stage.payload["analysis"]
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    a = stage.params["analysis"]
     return StageOutput(
         tables={
             "r_agreement": {
-                "bif_analysis": [a.bif],
-                "loo_analysis": [a.loo],
-                "value": [a.value],
-                "diagonal": [a.diagonal],
+                "bif_analysis": [a["bif"]],
+                "loo_analysis": [a["loo"]],
+                "value": [a["value"]],
+                "diagonal": [a["diagonal"]],
             }
         }
     )

@@ -10,26 +10,20 @@ import torch
 from ..influence import bif_matrices, loss_kernel
 from ..sampling.llc import llc_per_chain
 from ..spec.models import analysis_name
-from ..store import StageOutput
-from .base import Stage
-from .sample import load_summary, load_traces
+from .base import Inputs, Stage, StageMeta, StageOutput
+from .sample import read_batch_losses, read_summary, read_traces
 
-VERSIONS = {"bif": 1, "llc": 1, "loss_kernel": 1}
+VERSIONS = {"bif": 1, "llc": 2, "loss_kernel": 1}  # llc 2: batch losses read from the sample's artifact
 
 
-def build(session, analysis, sample: Stage) -> Stage:
+def build(rt, analysis, sample: Stage) -> Stage:
     name = analysis_name(analysis)
     return Stage(
         kind=analysis.kind,
         version=VERSIONS[analysis.kind],
-        fields={"analysis": analysis.model_dump(mode="json"), "name": name},
-        inputs=[sample.key],
-        run=RUNNERS[analysis.kind],
-        step=sample.step,
-        analysis=name,
-        parent=sample.key,
-        label=f"{name} at step {sample.step}",
-        payload={"analysis": analysis},
+        params={"analysis": analysis.model_dump(mode="json"), "name": name},
+        inputs=(sample.key,),
+        meta=StageMeta(step=sample.step, analysis=name, parent=sample.key, label=f"{name} at step {sample.step}"),
     )
 
 
@@ -43,36 +37,33 @@ def _per_sample(trace: torch.Tensor) -> torch.Tensor:
     return trace.mean(dim=-1) if trace.dim() == 4 else trace
 
 
-def run_bif(session, stage: Stage, out_dir: Path) -> StageOutput:
-    a = stage.payload["analysis"]
-    traces = load_traces(session, stage.parent)
-    target = a.target or a.source
-    neg_cov, neg_corr = bif_matrices(_per_sample(traces[a.source]), _per_sample(traces[target]))  # (n, q)
+def run_bif(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    a = stage.params["analysis"]
+    traces = read_traces(inputs, stage.inputs[0])
+    source = a["source"]
+    target = a["target"] or source
+    neg_cov, neg_corr = bif_matrices(_per_sample(traces[source]), _per_sample(traces[target]))  # (n, q)
     i, j = _pairs(*neg_cov.shape)
     cov, corr = neg_cov.numpy().ravel(), neg_corr.numpy().ravel()
     return StageOutput(
         tables={
             "r_bif": {
-                "source_observable": [a.source] * i.size,
+                "source_observable": [source] * i.size,
                 "source_idx": i,
                 "target_observable": [target] * i.size,
                 "target_idx": j,
                 "bif_cov": cov,
                 "bif_corr": corr,
-                "value": corr if a.normalize == "pearson" else cov,
+                "value": corr if a["normalize"] == "pearson" else cov,
             }
         }
     )
 
 
-def run_llc(session, stage: Stage, out_dir: Path) -> StageOutput:
-    summary = load_summary(session, stage.parent)
-    with session.store.connect(read_only=True, views=False) as con:
-        rows = con.execute(
-            "SELECT chain, draw, loss FROM r_batch_losses WHERE key = ? ORDER BY chain, draw", [stage.parent]
-        ).fetchnumpy()
-    chains = int(rows["chain"].max()) + 1
-    batch_losses = torch.from_numpy(rows["loss"].reshape(chains, -1))  # (chains, draws)
+def run_llc(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    summary = read_summary(inputs, stage.inputs[0])
+    batch_losses = read_batch_losses(inputs, stage.inputs[0])  # (chains, draws)
+    chains = batch_losses.shape[0]
     llc = llc_per_chain(batch_losses, summary["init_loss"], summary["nbeta"])  # (chains,)
     return StageOutput(
         tables={
@@ -86,14 +77,14 @@ def run_llc(session, stage: Stage, out_dir: Path) -> StageOutput:
     )
 
 
-def run_loss_kernel(session, stage: Stage, out_dir: Path) -> StageOutput:
-    a = stage.payload["analysis"]
-    cov, corr = loss_kernel(_per_sample(load_traces(session, stage.parent)[a.observable]))
+def run_loss_kernel(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    observable = stage.params["analysis"]["observable"]
+    cov, corr = loss_kernel(_per_sample(read_traces(inputs, stage.inputs[0])[observable]))
     i, j = _pairs(*cov.shape)
     return StageOutput(
         tables={
             "r_loss_kernel": {
-                "observable": [a.observable] * i.size,
+                "observable": [observable] * i.size,
                 "i": i,
                 "j": j,
                 "cov": cov.numpy().ravel(),
@@ -101,6 +92,3 @@ def run_loss_kernel(session, stage: Stage, out_dir: Path) -> StageOutput:
             }
         }
     )
-
-
-RUNNERS = {"bif": run_bif, "llc": run_llc, "loss_kernel": run_loss_kernel}

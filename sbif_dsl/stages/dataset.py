@@ -4,26 +4,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..store import StageOutput
-from .base import Stage
+from .base import Inputs, Stage, StageMeta, StageOutput
 
 VERSION = 1
 
 
-def build(session) -> Stage:
+def build(rt) -> Stage:
     return Stage(
         kind="dataset",
         version=VERSION,
-        fields={"data": session.study.data.model_dump(mode="json"), "content": session.dataset_digest},
-        inputs=[],
-        run=run,
-        label="dataset",
+        params={"data": rt.study.data.model_dump(mode="json"), "content": rt.dataset_digest},
+        inputs=(),
+        meta=StageMeta(label="dataset"),
     )
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
     rows: dict[str, list] = {"data_set": [], "sample_idx": [], "sample_name": []}
-    for set_name, s in session.dataset.sets().items():
+    for set_name, s in rt.dataset.sets().items():
         rows["data_set"] += [set_name] * len(s)
         rows["sample_idx"] += list(range(len(s)))
         rows["sample_name"] += list(s.names)

@@ -1,4 +1,8 @@
-"""Checkpoint stages for weights loaded from local files, keyed by file content (not name or path)."""
+"""Checkpoint stages for weights loaded from local files, keyed by file content (not name or path).
+
+The run copies the weights into the cache as `state.pt` (the state dict the spec's model loads), so every
+later stage reads its checkpoint as a declared input, wherever it runs: no worker needs the user's files.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,20 @@ import glob
 import re
 from pathlib import Path
 
+import torch
+
 from ..errors import UsageError
 from ..hashing import canonical_json, file_sha256, sha256_hex
-from ..store import StageOutput
-from .base import Stage
+from ..runtime import save_blob, state_digest
+from .base import Inputs, Stage, StageMeta, StageOutput
 
-VERSION = 1
+VERSION = 2  # 2: the weights are stored as the stage's state.pt artifact
 
 
-def discover(session) -> list[tuple[int, Path]]:
+def discover(rt) -> list[tuple[int, Path]]:
     """(step, path) for every file matching the glob, sorted by step; duplicate steps are an error."""
-    spec = session.study.checkpoints
-    pattern = spec.glob if Path(spec.glob).is_absolute() else str(session.spec.base_dir / spec.glob)
+    spec = rt.study.checkpoints
+    pattern = spec.glob if Path(spec.glob).is_absolute() else str(rt.spec.base_dir / spec.glob)
     regex = re.compile(spec.step_pattern)
     found: dict[int, Path] = {}
     for p in sorted(glob.glob(pattern)):
@@ -33,55 +39,59 @@ def discover(session) -> list[tuple[int, Path]]:
     return sorted(found.items())
 
 
-def _content_hash(session, path: Path) -> str:
-    """sha256 of the file (or of every file of a revision folder), memoised by (path, size, mtime)."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    digests = []
-    for f in files:
-        st = f.stat()
-        memo_key = ("file_sha", str(f), st.st_size, st.st_mtime_ns)
-        if memo_key not in session.memo:
-            session.memo[memo_key] = file_sha256(f)
-        digests.append([str(f.relative_to(path)) if path.is_dir() else "", session.memo[memo_key]])
-    return digests[0][1] if not path.is_dir() else sha256_hex(canonical_json(digests))
+def _content_hash(path: Path) -> str:
+    """sha256 of the file (or of every file of a revision folder)."""
+    if not path.is_dir():
+        return file_sha256(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file())
+    return sha256_hex(canonical_json([[str(f.relative_to(path)), file_sha256(f)] for f in files]))
 
 
-def build(session, dataset_key: str) -> list[Stage]:
-    stages = []
-    for step, path in discover(session):
-        stages.append(
-            Stage(
-                kind="checkpoint",
-                version=VERSION,
-                fields={"weights_file_sha256": _content_hash(session, path), "step": step},
-                inputs=[],
-                run=run,
-                step=step,
-                label=f"load step {step}",
-                payload={"path": str(path)},
-            )
+def build(rt, dataset_key: str) -> list[Stage]:
+    return [
+        Stage(
+            kind="checkpoint",
+            runner="load",
+            version=VERSION,
+            params={"weights_file_sha256": _content_hash(path), "step": step},
+            inputs=(),
+            meta=StageMeta(step=step, label=f"load step {step}", source=str(path)),
         )
-    return stages
+        for step, path in discover(rt)
+    ]
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
-    state = session.load_state(stage.key, stage.payload["path"])
-    module = session.new_module()
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if path.is_dir():  # a Hugging Face revision folder
+        from ..models.hf import hf_state
+
+        return hf_state(path)
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+
+
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    path = Path(stage.meta.source)
+    if _content_hash(path) != stage.params["weights_file_sha256"]:
+        raise UsageError(f"{path}: the file changed since the plan was made; hint: run again")
+    state = read_weights(path)
+    module = rt.new_module()
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
-        raise UsageError(
-            f"{stage.payload['path']}: weights do not fit the spec's model: {str(e).splitlines()[0]}"
-        ) from None
-    session.check_loss_contract(module)
+        raise UsageError(f"{path}: weights do not fit the spec's model: {str(e).splitlines()[0]}") from None
+    rt.check_loss_contract(module)
+    model_state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_blob(model_state, out_dir / "state.pt")
     return StageOutput(
         tables={
             "r_checkpoints": {
                 "step": [stage.step],
-                "weights_sha256": [stage.fields["weights_file_sha256"]],
-                "source": [stage.payload["path"]],
+                "weights_sha256": [state_digest(model_state)],
+                "source": [str(path)],
                 "lineage": [None],
                 "train_loss": [None],
             }
-        }
+        },
+        artifacts={"state.pt": out_dir / "state.pt"},
     )

@@ -26,41 +26,40 @@ from pathlib import Path
 
 import torch
 
-from ..hashing import derive_seed
+from ..runtime import load_state
 from ..spec.loader import spec_problem
 from ..spec.models import analysis_name
-from ..store import StageOutput
 from . import train
-from .base import Stage
+from .base import Inputs, Stage, StageMeta, StageOutput
 
-VERSION = 1
+VERSION = 2  # 2: full-run losses from the checkpoint inputs; device in the key is the spec's
 
 
-def _left_out(session, analysis, index: int) -> list[int]:
-    names = session.dataset.train.names
+def _left_out(rt, analysis, index: int) -> list[int]:
+    names = rt.dataset.train.names
     if analysis.left_out is None:
         return list(range(len(names)))
     pos = {n: k for k, n in enumerate(names)}
     for j, m in enumerate(analysis.left_out):
         if m not in pos:  # python data: names are known only now
             raise spec_problem(
-                session.spec, ("analyses", index, "left_out", j), f"no training sample {m!r} (e.g. {names[0]!r})"
+                rt.spec, ("analyses", index, "left_out", j), f"no training sample {m!r} (e.g. {names[0]!r})"
             )
     return [pos[m] for m in analysis.left_out]
 
 
-def build(session, analysis, index: int, dataset_key: str, checkpoints: list[Stage]) -> list[Stage]:
+def build(rt, analysis, index: int, dataset_key: str, checkpoints: list[Stage]) -> list[Stage]:
     """One stage per left-out sample; its key holds the training lineage and the whole checkpoint schedule."""
     name = analysis_name(analysis)
-    target_set = next(o.data for o in session.study.observables if o.name == analysis.target)
+    target_set = next(o.data for o in rt.study.observables if o.name == analysis.target)
     steps = [c.step for c in checkpoints]
-    lineage = train.lineage_fields(session)
-    names = session.dataset.train.names
+    lineage = train.lineage_fields(rt)
+    names = rt.dataset.train.names
     return [
         Stage(
             kind="loo",
             version=VERSION,
-            fields={
+            params={
                 **lineage,
                 "steps": steps,
                 "left_out_idx": i,
@@ -69,71 +68,65 @@ def build(session, analysis, index: int, dataset_key: str, checkpoints: list[Sta
                 "analysis": analysis.model_dump(mode="json"),
                 "name": name,
             },
-            inputs=[dataset_key, *(c.key for c in checkpoints)],
-            run=run,
-            analysis=name,
-            label=f"{name}: retrain without {names[i]}",
-            seed=derive_seed(session.study.seed, "init"),  # the full run's init seed: same initial weights
-            payload={"left_out": i, "target_set": target_set, "checkpoints": checkpoints, "analysis": analysis},
+            inputs=(dataset_key, *(c.key for c in checkpoints)),
+            meta=StageMeta(analysis=name, label=f"{name}: retrain without {names[i]}"),
         )
-        for i in _left_out(session, analysis, index)
+        for i in _left_out(rt, analysis, index)
     ]
 
 
 @torch.no_grad()
-def _losses(session, module, s) -> torch.Tensor:
+def _losses(rt, module, s) -> torch.Tensor:
     """Per-sample losses of a sample set (per-token losses averaged per sample), float64 on the host."""
     parts = []
     for k in range(0, len(s), 1024):
-        x, y = session.on_device(s.inputs[k : k + 1024]), session.on_device(s.targets[k : k + 1024])
-        out = session.dataset.loss(module(x), y)
+        x, y = rt.on_device(s.inputs[k : k + 1024]), rt.on_device(s.targets[k : k + 1024])
+        out = rt.dataset.loss(module(x), y)
         parts.append((out.mean(dim=-1) if out.dim() == 2 else out).to(torch.float64).cpu())
     return torch.cat(parts)  # (n,)
 
 
-def full_run_losses(session, checkpoints: list[Stage], target_set: str) -> dict[int, torch.Tensor]:
-    """l_j^D(t): target losses at the full run's checkpoint weights, computed once per session."""
-    memo_key = ("loo_full", tuple(c.key for c in checkpoints), target_set)
-    if memo_key not in session.memo:
-        s = session.dataset.sets()[target_set]
-        module = session.new_module()
-        out = {}
-        for c in checkpoints:
-            module.load_state_dict(session.load_state(c.key))
-            out[c.step] = _losses(session, module, s)
-        session.memo[memo_key] = out
-    return session.memo[memo_key]
-
-
-def retrain_losses(session, keep: torch.Tensor, steps: list[int], target_set: str, init_seed: int, weight: float = 1.0):
-    """Train on the training samples `keep` (indices) from the study's initial weights through `steps`, on the
-    mean loss over `keep` times `weight`, returning {step: per-sample target losses}. With keep = every sample
-    and weight 1 this is the full run, bitwise."""
-    training, data = session.study.training, session.dataset.train
-    module, opt, gen = train.start_training(session, init_seed, session.study.seed)
-    x, y = session.on_device(data.inputs[keep]), session.on_device(data.targets[keep])
-    s = session.dataset.sets()[target_set]
-    loss = session.dataset.loss if weight == 1.0 else (lambda out, tgt: weight * session.dataset.loss(out, tgt))
-    out, prev = {}, 0
-    for step in steps:
-        train.train_segment(module, opt, gen, x, y, loss, training, prev, step)
-        prev = step
-        out[step] = _losses(session, module, s)
+def full_run_losses(rt, states: dict[int, Path], target_set: str) -> dict[int, torch.Tensor]:
+    """l_j^D(t): target losses at the full run's checkpoint weights ({step: state.pt})."""
+    s = rt.dataset.sets()[target_set]
+    module = rt.new_module()
+    out = {}
+    for step, path in states.items():
+        module.load_state_dict(load_state(path))
+        out[step] = _losses(rt, module, s)
     return out
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
-    i, target_set = stage.payload["left_out"], stage.payload["target_set"]
-    checkpoints = stage.payload["checkpoints"]
-    steps = [c.step for c in checkpoints]
-    n = len(session.dataset.train)
+def retrain_losses(rt, fields: dict, keep: torch.Tensor, steps: list[int], target_set: str, weight: float = 1.0):
+    """Train the lineage `fields` (as a checkpoint stage's params) on the training samples `keep` (indices) from its
+    initial weights through `steps`, on the mean loss over `keep` times `weight`, returning {step: per-sample
+    target losses}. With keep = every sample and weight 1 this is the full run, bitwise."""
+    data = rt.dataset.train
+    module, opt, gen = train.start_training(rt, fields)
+    x, y = rt.on_device(data.inputs[keep]), rt.on_device(data.targets[keep])
+    s = rt.dataset.sets()[target_set]
+    loss = rt.dataset.loss if weight == 1.0 else (lambda out, tgt: weight * rt.dataset.loss(out, tgt))
+    settings = train.training_settings(fields)
+    out, prev = {}, 0
+    for step in steps:
+        train.train_segment(module, opt, gen, x, y, loss, settings, prev, step)
+        prev = step
+        out[step] = _losses(rt, module, s)
+    return out
+
+
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    p = stage.params
+    i, target_set, steps = p["left_out_idx"], p["target_set"], p["steps"]
+    n = len(rt.dataset.train)
     keep = torch.tensor([k for k in range(n) if k != i])
     # normalization n: (1/n)·Σ_{k≠i} l_k = ((n−1)/n) · mean over the n−1 kept samples
-    weight = (n - 1) / n if stage.payload["analysis"].normalization == "n" else 1.0
-    loo = retrain_losses(session, keep, steps, target_set, stage.seed, weight)
-    full = full_run_losses(session, checkpoints, target_set)
-    names = session.dataset.sets()[target_set].names
-    left_name = session.dataset.train.names[i]
+    weight = (n - 1) / n if p["analysis"]["normalization"] == "n" else 1.0
+    loo = retrain_losses(rt, p, keep, steps, target_set, weight)
+    states = {step: inputs.file(key, "state.pt") for step, key in zip(steps, stage.inputs[1:], strict=True)}
+    full = full_run_losses(rt, states, target_set)
+    names = rt.dataset.sets()[target_set].names
+    left_name = rt.dataset.train.names[i]
     rows: dict[str, list] = {k: [] for k in ("step", "target_idx", "target", "loss_full", "loss_loo", "delta")}
     for step in steps:
         lf, ll = full[step].tolist(), loo[step].tolist()

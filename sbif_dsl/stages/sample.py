@@ -16,44 +16,49 @@ import torch
 
 from ..errors import NonFiniteError
 from ..hashing import derive_seed
-from ..runtime import default_nbeta
+from ..runtime import default_nbeta, load_state
 from ..sampling import SGLDConfig, run_chains
-from ..store import StageOutput
-from .base import Stage
+from .base import Inputs, Stage, StageMeta, StageOutput
 
-VERSION = 2  # 2: chains may loop (per-chain autograd, worker threads) and the config carries precision
+VERSION = 3  # 3: device in the key is the spec's; batch losses are an artifact; no wall time in summary.json
 
 
-def sampler_config(session, sampler=None) -> SGLDConfig:
+def sampler_config(rt, sampler=None) -> SGLDConfig:
     """The run-time SGLD config of a spec sampler block (default: the study's): nβ and the batch resolved."""
-    s = sampler if sampler is not None else session.study.sampler
-    n_train = len(session.dataset.train)
+    s = sampler if sampler is not None else rt.study.sampler
+    n_train = len(rt.dataset.train)
     batch = min(s.batch_size or n_train, n_train)
     fields = s.model_dump(exclude={"nbeta", "batch_size"})
     return SGLDConfig(**fields, nbeta=s.nbeta or default_nbeta(batch), batch_size=batch)
 
 
-def build(session, checkpoint: Stage, dataset_key: str) -> Stage:
-    cfg = sampler_config(session)
-    observables = [o.model_dump() for o in session.study.observables]
+def sampling_params(rt, checkpoint: Stage, cfg: SGLDConfig) -> dict:
+    """What a set of chains at a checkpoint depends on besides its inputs (shared with calibration, whose grid
+    point with the spec's own sampler reproduces the sample stage's chains)."""
+    return {
+        "sampler": dict(cfg.__dict__),
+        "seed": derive_seed(rt.study.seed, "sample", checkpoint.key),
+        "dtype": rt.study.dtype,
+        "device": rt.study.device,
+    }
+
+
+def build(rt, checkpoint: Stage, dataset_key: str) -> Stage:
+    observables = [o.model_dump(mode="json") for o in rt.study.observables]
     return Stage(
         kind="sample",
         version=VERSION,
-        fields={
-            "sampler": cfg.__dict__,
-            "observables": observables,
-            "seed": session.study.seed,
-            "dtype": session.study.dtype,
-            "device": session.device.type,
-        },
-        inputs=[checkpoint.key, dataset_key],
-        run=run,
-        step=checkpoint.step,
-        parent=checkpoint.key,
-        label=f"sample at step {checkpoint.step}",
-        seed=derive_seed(session.study.seed, "sample", checkpoint.key),
-        payload={"checkpoint": checkpoint},
+        params={**sampling_params(rt, checkpoint, sampler_config(rt)), "observables": observables},
+        inputs=(checkpoint.key, dataset_key),
+        meta=StageMeta(step=checkpoint.step, parent=checkpoint.key, label=f"sample at step {checkpoint.step}"),
     )
+
+
+def module_at(rt, stage: Stage, inputs: Inputs):
+    """The spec's model with the weights of the stage's checkpoint input (its first input)."""
+    module = rt.new_module()
+    module.load_state_dict(load_state(inputs.file(stage.inputs[0], "state.pt")))
+    return module
 
 
 def _write_traces(path: Path, traces: dict[str, np.ndarray]) -> None:
@@ -78,81 +83,69 @@ def _write_traces(path: Path, traces: dict[str, np.ndarray]) -> None:
     pq.write_table(pa.concat_tables(parts), path, compression="zstd")
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
-    ckpt = stage.payload["checkpoint"]
-    module = session.new_module()
-    module.load_state_dict(session.load_state(ckpt.key, ckpt.payload.get("path")))
-    session.check_loss_contract(module)
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    p = stage.params
+    module = module_at(rt, stage, inputs)
+    rt.check_loss_contract(module)
     params0 = {k: v.detach() for k, v in module.named_parameters()}
-    sets = session.dataset.sets()
-    train = (session.on_device(sets["train"].inputs), session.on_device(sets["train"].targets))
-    observables = session.study.observables
-    tracked = [(session.on_device(sets[o.data].inputs), session.on_device(sets[o.data].targets)) for o in observables]
-    cfg = sampler_config(session)
+    sets = rt.dataset.sets()
+    train = (rt.on_device(sets["train"].inputs), rt.on_device(sets["train"].targets))
+    observables = p["observables"]
+    tracked = [(rt.on_device(sets[o["data"]].inputs), rt.on_device(sets[o["data"]].targets)) for o in observables]
+    cfg = SGLDConfig(**p["sampler"])
     try:
         res = run_chains(
-            session.loss_fn(module),
-            params0,
-            train,
-            tracked,
-            cfg,
-            seed=stage.seed,
-            progress=session.progress,
-            replicate=session.loss_fn_replica(module),
-        )
+            rt.loss_fn(module), params0, train, tracked, cfg,
+            seed=p["seed"], progress=progress, replicate=rt.loss_fn_replica(module),
+        )  # fmt: skip
     except NonFiniteError as e:
-        raise NonFiniteError(e.chain, e.draw, context=f"checkpoint step {ckpt.step}") from None
+        raise NonFiniteError(e.chain, e.draw, context=f"checkpoint step {stage.step}") from None
 
-    traces = {o.name: t.numpy() for o, t in zip(observables, res.traces)}
-    session.memo[("traces", stage.key)] = {k: torch.from_numpy(v) for k, v in traces.items()}
-    summary = {
-        "init_loss": res.init_loss,
-        "nbeta": cfg.nbeta,
-        "shapes": {k: list(v.shape) for k, v in traces.items()},
-        "sampling_wall_s": res.wall_s,
-    }
-    session.memo[("summary", stage.key)] = summary
+    traces = {o["name"]: t.numpy() for o, t in zip(observables, res.traces)}
+    summary = {"init_loss": res.init_loss, "nbeta": cfg.nbeta, "shapes": {k: list(v.shape) for k, v in traces.items()}}
     _write_traces(out_dir / "traces.parquet", traces)
     (out_dir / "summary.json").write_text(json.dumps(summary))
+    bl = res.batch_losses.to(torch.float64).numpy()  # (chains, draws)
+    np.save(out_dir / "batch_losses.npy", bl)
 
     tracked_rows: dict[str, list] = {"observable": [], "data_set": [], "sample_idx": [], "sample_name": []}
     for o in observables:
-        names = sets[o.data].names
-        tracked_rows["observable"] += [o.name] * len(names)
-        tracked_rows["data_set"] += [o.data] * len(names)
+        names = sets[o["data"]].names
+        tracked_rows["observable"] += [o["name"]] * len(names)
+        tracked_rows["data_set"] += [o["data"]] * len(names)
         tracked_rows["sample_idx"] += list(range(len(names)))
         tracked_rows["sample_name"] += list(names)
-    bl = res.batch_losses.to(torch.float64).numpy()  # (chains, draws)
     chain, draw = np.indices(bl.shape)
     return StageOutput(
         tables={
             "r_tracked": tracked_rows,
             "r_batch_losses": {"chain": chain.ravel(), "draw": draw.ravel(), "loss": bl.ravel()},
         },
-        artifacts={"traces.parquet": out_dir / "traces.parquet", "summary.json": out_dir / "summary.json"},
+        artifacts={name: out_dir / name for name in ("traces.parquet", "summary.json", "batch_losses.npy")},
+        measured={"sampling_wall_s": res.wall_s},
     )
 
 
-def load_traces(session, sample_key: str) -> dict[str, torch.Tensor]:
-    """Traces of a sample stage as {observable: (chains, draws, n[, T])}: from this run or from the cache."""
-    memo_key = ("traces", sample_key)
-    if memo_key not in session.memo:
-        shapes = load_summary(session, sample_key)["shapes"]
-        table = pq.read_table(session.store.artifact(sample_key, "traces.parquet"), columns=["observable", "loss"])
-        obs = table.column("observable").to_numpy()
-        loss = table.column("loss").to_numpy()
-        out, offset = {}, 0
-        for name, shape in shapes.items():
-            size = int(np.prod(shape))
-            assert (obs[offset : offset + size] == name).all() if size else True
-            out[name] = torch.from_numpy(loss[offset : offset + size].reshape(shape).copy())
-            offset += size
-        session.memo[memo_key] = out
-    return session.memo[memo_key]
+def read_traces(inputs: Inputs, sample_key: str) -> dict[str, torch.Tensor]:
+    """Traces of a sample stage input as {observable: (chains, draws, n[, T])}."""
+    shapes = read_summary(inputs, sample_key)["shapes"]
+    table = pq.read_table(inputs.file(sample_key, "traces.parquet"), columns=["observable", "loss"])
+    obs = table.column("observable").to_numpy()
+    loss = table.column("loss").to_numpy()
+    out, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape))
+        if size and not (obs[offset : offset + size] == name).all():
+            raise ValueError(f"traces of stage {sample_key[:12]} are not in the order their summary gives")
+        out[name] = torch.from_numpy(loss[offset : offset + size].reshape(shape).copy())
+        offset += size
+    return out
 
 
-def load_summary(session, sample_key: str) -> dict:
-    memo_key = ("summary", sample_key)
-    if memo_key not in session.memo:
-        session.memo[memo_key] = json.loads(session.store.artifact(sample_key, "summary.json").read_text())
-    return session.memo[memo_key]
+def read_summary(inputs: Inputs, sample_key: str) -> dict:
+    return json.loads(inputs.file(sample_key, "summary.json").read_text())
+
+
+def read_batch_losses(inputs: Inputs, sample_key: str) -> torch.Tensor:
+    """(chains, draws) minibatch losses of a sample stage input (the LLC's input)."""
+    return torch.from_numpy(np.load(inputs.file(sample_key, "batch_losses.npy")))

@@ -1,8 +1,8 @@
 """Token classes stage: which class each tracked token belongs to, for SQL and for class aggregation.
 
 Convention (shared with the per-token loss): loss position s predicts token s+1, and every class rule
-decides about that predicted token. Masks are recomputed in memory by analyses (cheap); this stage
-stores them as rows so that `tokens` can be queried with their text and classes.
+decides about that predicted token. The stage stores the masks as its `masks.pt` artifact (what `class_bif` and
+`class_loss` read, as a declared input) and as rows, so that `tokens` can be queried with their text and classes.
 """
 
 from __future__ import annotations
@@ -13,22 +13,21 @@ import numpy as np
 import torch
 
 from .. import factories
+from ..runtime import save_blob
 from ..spec.models import TokenClasses
-from ..store import StageOutput
-from .base import Stage
+from .base import Inputs, Stage, StageMeta, StageOutput
 
-VERSION = 1
+VERSION = 2  # 2: masks are an artifact
 
 
 def effective_classes(study) -> TokenClasses:
     return study.token_classes or TokenClasses()
 
 
-def rules(session) -> dict:
+def rules(spec: TokenClasses, base_dir) -> dict:
     """Class name -> rule object, in a stable order: induction, structural, then the spec's own rules."""
     from ..tokens import classes as tc
 
-    spec = effective_classes(session.study)
     out: dict = {}
     if spec.induction:
         out["induction"] = tc.Induction()
@@ -44,66 +43,65 @@ def rules(session) -> dict:
         elif r.kind == "positions":
             out[name] = tc.Positions(tuple(r.positions))
         else:
-            out[name] = tc.Predicate(factories.resolve(r.factory, session.spec.base_dir))
+            out[name] = tc.Predicate(factories.resolve(r.factory, base_dir))
     return out
 
 
-def masks_for(session, data_set: str) -> tuple[list[str], torch.Tensor]:
-    """(class names, masks [classes, n, T-1]) for one data set, memoised per session."""
-    from ..tokens.classes import class_masks
-
-    key = ("class_masks", data_set)
-    if key not in session.memo:
-        tokens = session.dataset.sets()[data_set].inputs
-        session.memo[key] = class_masks(
-            tokens, rules(session), session.tokenizer, effective_classes(session.study).remainder
-        )
-    return session.memo[key]
-
-
-def is_token_set(session, data_set: str) -> bool:
-    x = session.dataset.sets()[data_set].inputs
+def is_token_set(rt, data_set: str) -> bool:
+    x = rt.dataset.sets()[data_set].inputs
     return x.dim() == 2 and not x.is_floating_point()
 
 
-def build(session, dataset_key: str) -> Stage:
-    spec = effective_classes(session.study)
+def read_masks(inputs: Inputs, tokens_key: str, data_set: str) -> tuple[list[str], torch.Tensor]:
+    """(class names, masks [classes, n, T-1]) of one data set, from a token-classes stage input."""
+    blob = torch.load(inputs.file(tokens_key, "masks.pt"), map_location="cpu", weights_only=True)
+    if data_set not in blob:
+        raise KeyError(f"internal: token classes {tokens_key[:12]} hold no masks of data set {data_set!r}")
+    return list(blob[data_set]["names"]), blob[data_set]["masks"]
+
+
+def build(rt, dataset_key: str) -> Stage:
+    spec = effective_classes(rt.study)
     code = {
-        n: factories.code_fingerprint(factories.resolve(r.factory, session.spec.base_dir))
+        n: factories.code_fingerprint(factories.resolve(r.factory, rt.spec.base_dir))
         for n, r in spec.rules.items()
         if r.kind == "python"
     }
-    data_sets = sorted({o.data for o in session.study.observables if is_token_set(session, o.data)})
+    data_sets = sorted({o.data for o in rt.study.observables if is_token_set(rt, o.data)})
     return Stage(
         kind="token_classes",
         version=VERSION,
-        fields={
+        params={
             "classes": spec.model_dump(mode="json"),
             "code": code,
             "data_sets": data_sets,
-            "tokenizer": getattr(session.tokenizer, "name", "byte"),
+            "tokenizer": getattr(rt.tokenizer, "name", "byte"),
         },
-        inputs=[dataset_key],
-        run=run,
-        label="token classes",
-        payload={"data_sets": data_sets},
+        inputs=(dataset_key,),
+        meta=StageMeta(label="token classes"),
     )
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    from ..tokens.classes import class_masks
+
+    spec = TokenClasses.model_validate(stage.params["classes"])
+    class_rules = rules(spec, rt.spec.base_dir)
     tok_rows: dict[str, list] = {"data_set": [], "sample_idx": [], "pos": [], "token_id": [], "token_text": []}
     cls_rows: dict[str, list] = {"data_set": [], "sample_idx": [], "pos": [], "class": []}
     text_of: dict[int, str] = {}
-    for data_set in stage.payload["data_sets"]:
-        tokens = session.dataset.sets()[data_set].inputs  # (n, T)
-        names, masks = masks_for(session, data_set)  # (classes, n, T-1)
+    blob: dict[str, dict] = {}
+    for data_set in stage.params["data_sets"]:
+        tokens = rt.dataset.sets()[data_set].inputs  # (n, T)
+        names, masks = class_masks(tokens, class_rules, rt.tokenizer, spec.remainder)  # (classes, n, T-1)
+        blob[data_set] = {"names": list(names), "masks": masks.contiguous()}
         predicted = tokens[:, 1:].numpy()  # (n, T-1): the token each loss position predicts
         n, t = predicted.shape
         idx, pos = (a.ravel() for a in np.indices((n, t), dtype=np.int32))
         ids = predicted.ravel()
         for i in np.unique(ids):
             if int(i) not in text_of:
-                text_of[int(i)] = session.tokenizer.token_text(int(i))
+                text_of[int(i)] = rt.tokenizer.token_text(int(i))
         tok_rows["data_set"] += [data_set] * ids.size
         tok_rows["sample_idx"].append(idx)
         tok_rows["pos"].append(pos)
@@ -119,4 +117,7 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
         for col in ("sample_idx", "pos", "token_id"):
             if col in rows:
                 rows[col] = np.concatenate(rows[col]) if rows[col] else np.zeros(0, np.int32)
-    return StageOutput(tables={"r_tokens": tok_rows, "r_token_classes": cls_rows})
+    save_blob(blob, out_dir / "masks.pt")
+    return StageOutput(
+        tables={"r_tokens": tok_rows, "r_token_classes": cls_rows}, artifacts={"masks.pt": out_dir / "masks.pt"}
+    )

@@ -1,56 +1,67 @@
 """Checkpoint stages of an in-spec training run, one per saved step.
 
-A checkpoint's state file holds weights, optimizer and RNG state, so training resumes from the latest cached
-checkpoint at or before the one requested: adding a checkpoint trains only the new segment, and a killed
-run resumes where its last committed checkpoint left off. Resumed and uninterrupted runs are bitwise equal.
+A checkpoint's state file holds weights, optimizer and RNG state, so training resumes from a checkpoint at or
+before the one requested (the stage's `warm_start`, chosen at plan time: the previous checkpoint of the plan or
+the latest cached one of the same lineage): adding a checkpoint trains only the new segment, and a killed run
+resumes where its last committed checkpoint left off. Resumed and uninterrupted runs are bitwise equal, which is
+why the start point is not part of the key.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 from ..hashing import canonical_json, derive_seed, sha256_hex
 from ..runtime import save_blob, state_digest
-from ..store import StageOutput
-from .base import Stage
+from .base import Inputs, Stage, StageMeta, StageOutput
 
-VERSION = 1
+VERSION = 2  # 2: device in the key is the spec's (auto/cpu/cuda), not where it ran; resume is a declared input
 
 
-def lineage_fields(session) -> dict:
+def lineage_fields(rt) -> dict:
     """Everything that determines the weights at any step (not which steps are saved)."""
-    study = session.study
+    study = rt.study
     training = study.training.model_dump(mode="json", exclude={"checkpoints"})
     return {
         "model": study.model.model_dump(mode="json"),
-        "model_code": session.model_fingerprint(),
+        "model_code": rt.model_fingerprint(),
         "training": training,
         "seed": study.seed,
         "dtype": study.dtype,
-        "device": session.device.type,
+        "device": study.device,
     }
 
 
-def build(session, dataset_key: str) -> list[Stage]:
-    fields = lineage_fields(session)
-    lineage = sha256_hex(canonical_json([fields, dataset_key]))
-    study_seed = session.study.seed
-    return [
-        Stage(
-            kind="checkpoint",
-            version=VERSION,
-            fields={**fields, "step": step},
-            inputs=[dataset_key],
-            run=run,
-            step=step,
-            label=f"train to step {step}",
-            seed=derive_seed(study_seed, "init"),
-            payload={"lineage": lineage, "study_seed": study_seed},
+def lineage_of(fields: dict, dataset_key: str) -> str:
+    """The training run a checkpoint belongs to (its fields without the step, and its data)."""
+    return sha256_hex(canonical_json([{k: v for k, v in fields.items() if k != "step"}, dataset_key]))
+
+
+def build(rt, dataset_key: str, cached_checkpoints) -> list[Stage]:
+    """cached_checkpoints(lineage) -> [(key, step)] of the lineage's complete checkpoints in the cache."""
+    fields = lineage_fields(rt)
+    lineage = lineage_of(fields, dataset_key)
+    cached = cached_checkpoints(lineage)
+    stages: list[Stage] = []
+    for step in rt.study.training.checkpoint_steps():
+        previous = stages[-1] if stages else None
+        before = [(k, s) for k, s in cached if s < step and (previous is None or s > previous.step)]
+        warm = before[-1][0] if before else None
+        stages.append(
+            Stage(
+                kind="checkpoint",
+                runner="train",
+                version=VERSION,
+                params={**fields, "step": step},
+                inputs=(dataset_key,),
+                meta=StageMeta(step=step, label=f"train to step {step}"),
+                warm_start=warm or (previous.key if previous else None),
+            )
         )
-        for step in session.study.training.checkpoint_steps()
-    ]
+    return stages
 
 
 def _optimizer(params, training):
@@ -60,43 +71,28 @@ def _optimizer(params, training):
     return cls(params, lr=training.lr, weight_decay=training.weight_decay)
 
 
-def _resume_point(session, lineage: str, target: int):
-    """Latest training state at or before `target`: in memory from this run, else from the cache."""
-    mem = session.memo.get(("train", lineage))
-    if mem is not None and mem["step"] <= target:
-        return mem
-    with session.store.connect(read_only=True, views=False) as con:
-        rows = con.execute(
-            """SELECT c.key, c.step FROM r_checkpoints c JOIN stage_registry s ON s.key = c.key
-               WHERE c.lineage = ? AND c.step <= ? ORDER BY c.step DESC LIMIT 1""",
-            [lineage, target],
-        ).fetchall()
-    if not rows:
-        return None
-    key = rows[0][0]
-    done = session.store.complete_keys([key])
-    if key not in done:
-        return None
-    return torch.load(session.store.artifact(key, "state.pt"), map_location="cpu", weights_only=True)
-
-
-def _full_loss(session, module, loss) -> float:
-    s = session.dataset.train
+def _full_loss(rt, module, loss) -> float:
+    s = rt.dataset.train
     total, count = 0.0, 0
     with torch.no_grad():
         for i in range(0, len(s), 1024):
-            out = loss(module(session.on_device(s.inputs[i : i + 1024])), session.on_device(s.targets[i : i + 1024]))
+            out = loss(module(rt.on_device(s.inputs[i : i + 1024])), rt.on_device(s.targets[i : i + 1024]))
             total += float(out.sum())
             count += out.numel()
     return total / count
 
 
-def start_training(session, init_seed: int, study_seed: int):
-    """Step-0 state of the study's training run: seeded initial weights, fresh optimizer, batch generator."""
-    module = session.new_module(init_seed=init_seed)
-    session.check_loss_contract(module)
-    opt = _optimizer(module.parameters(), session.study.training)
-    gen = torch.Generator().manual_seed(derive_seed(study_seed, "train-batches"))
+def training_settings(fields: dict) -> SimpleNamespace:
+    """The keyed training block as attributes (optimizer, lr, batch_size, steps, log_every, ...)."""
+    return SimpleNamespace(**fields["training"])
+
+
+def start_training(rt, fields: dict):
+    """Step-0 state of a lineage's training run: seeded initial weights, fresh optimizer, batch generator."""
+    module = rt.new_module(init_seed=derive_seed(fields["seed"], "init"))
+    rt.check_loss_contract(module)
+    opt = _optimizer(module.parameters(), training_settings(fields))
+    gen = torch.Generator().manual_seed(derive_seed(fields["seed"], "train-batches"))
     return module, opt, gen
 
 
@@ -129,25 +125,27 @@ def train_segment(module, opt, gen, x_all, y_all, loss, training, start: int, st
     return curve_steps, curve_losses
 
 
-def run(session, stage: Stage, out_dir: Path) -> StageOutput:
-    training = session.study.training
-    lineage, target = stage.payload["lineage"], stage.step
-    module, opt, gen = start_training(session, stage.seed, stage.payload["study_seed"])
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    fields, target = stage.params, stage.params["step"]
+    lineage = lineage_of(fields, stage.inputs[0])
+    module, opt, gen = start_training(rt, fields)
     start = 0
-    state = _resume_point(session, lineage, target)
-    if state is not None:
+    if stage.warm_start is not None:
+        state = torch.load(inputs.file(stage.warm_start, "state.pt"), map_location="cpu", weights_only=True)
+        if state["step"] > target:
+            raise AssertionError(f"internal: warm start at step {state['step']} is after {target}")
         module.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
         start = state["step"]
 
-    data, loss = session.dataset.train, session.dataset.loss
-    x_all, y_all = session.on_device(data.inputs), session.on_device(data.targets)
+    data, loss = rt.dataset.train, rt.dataset.loss
+    x_all, y_all = rt.on_device(data.inputs), rt.on_device(data.targets)
     curve_steps, curve_losses = train_segment(
-        module, opt, gen, x_all, y_all, loss, training, start, target, session.progress
+        module, opt, gen, x_all, y_all, loss, training_settings(fields), start, target, progress
     )
 
-    final_loss = _full_loss(session, module, loss)
+    final_loss = _full_loss(rt, module, loss)
     if not torch.isfinite(torch.tensor(final_loss)):
         from ..errors import SbifError
 
@@ -155,8 +153,6 @@ def run(session, stage: Stage, out_dir: Path) -> StageOutput:
     model_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     blob = {"model": model_state, "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": target}
     save_blob(blob, out_dir / "state.pt")
-    session.memo[("train", lineage)] = blob
-    session.memo[("state", stage.key)] = model_state
     curve_steps.append(target)
     curve_losses.append(torch.tensor(final_loss))
     return StageOutput(

@@ -55,10 +55,12 @@ class StageRecord:
 
 @dataclass
 class StageOutput:
-    """Rows per result table (column name -> sequence) and artifact files written to a temp dir."""
+    """Rows per result table (column -> sequence), artifact files written to the run's folder, and what was
+    measured where it ran (kept in the stage's provenance, never in a key or an artifact)."""
 
     tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     artifacts: dict[str, Path] = field(default_factory=dict)
+    measured: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -166,6 +168,52 @@ class Store:
             raise SbifError(f"artifact file {path} fails its checksum; hint: run `sbif cache verify --fix`")
         return path
 
+    def artifact_files(self, keys: list[str]) -> dict[str, dict[str, Path]]:
+        """key -> {artifact name: file} of committed stages, each file checked against its checksum: what a stage
+        that declares these keys as inputs reads (a corrupt or missing file is an error here, never a silently
+        wrong input)."""
+        if not keys:
+            return {}
+        with self.connect(read_only=True, views=False) as con:
+            con.execute("CREATE TEMP TABLE want (key VARCHAR)")
+            con.executemany("INSERT INTO want VALUES (?)", [[k] for k in keys])
+            registry = con.execute("SELECT key FROM stage_registry WHERE key IN (SELECT key FROM want)").fetchall()
+            known = {r[0] for r in registry}
+            rows = con.execute(
+                "SELECT key, name, relpath, sha256 FROM artifacts WHERE key IN (SELECT key FROM want)"
+            ).fetchall()
+        missing = [k for k in keys if k not in known]
+        if missing:
+            raise SbifError(f"internal: input stage {missing[0][:12]} is not in the cache")
+        out: dict[str, dict[str, Path]] = {k: {} for k in keys}
+        for key, name, rel, digest in rows:
+            path = self.root / rel
+            if not path.exists() or file_sha256(path) != digest:
+                raise SbifError(
+                    f"artifact file {path} is missing or fails its checksum; hint: run `sbif cache verify --fix`, "
+                    "then run again to recompute it"
+                )
+            out[key][name] = path
+        return out
+
+    def lineage_checkpoints(self, lineage: str) -> list[tuple[str, int]]:
+        """(key, step) of every complete checkpoint of a training lineage, by step (where training can resume)."""
+        if not self.db_path.exists():
+            return []
+        with self.connect(read_only=True, views=False) as con:
+            rows = con.execute(
+                """SELECT c.key, c.step FROM r_checkpoints c JOIN stage_registry s ON s.key = c.key
+                   WHERE c.lineage = ? ORDER BY c.step""",
+                [lineage],
+            ).fetchall()
+        done = self.complete_keys([k for k, _ in rows])
+        return [(k, int(step)) for k, step in rows if k in done]
+
+    def add_to_study(self, study: str, keys: list[str]) -> None:
+        """Add stages to a study's references without dropping the ones it has (calibration grids accumulate)."""
+        with self.connect(views=False) as con:
+            con.executemany("INSERT OR IGNORE INTO study_stages VALUES (?, ?)", [[study, k] for k in sorted(set(keys))])
+
     # ------------------------------------------------------------------ registry
 
     def complete_keys(self, keys: list[str]) -> set[str]:
@@ -186,7 +234,16 @@ class Store:
         return done
 
     def commit(self, rec: StageRecord, out: StageOutput) -> None:
-        """Make a stage visible: move artifacts into place, then rows + checksums + registry in one transaction."""
+        self.commit_all([(rec, out)])
+
+    def commit_all(self, stages: list[tuple[StageRecord, StageOutput]]) -> None:
+        """Make stages visible, one transaction each, over one connection: a stage's artifacts are moved into place,
+        then its rows + checksums + registry row commit together."""
+        with self.connect(views=False) as con:
+            for rec, out in stages:
+                self._commit(con, rec, out)
+
+    def _commit(self, con, rec: StageRecord, out: StageOutput) -> None:
         art_rows = []
         for name, tmp in out.artifacts.items():
             final = self.artifact_path(rec.key, name)
@@ -194,51 +251,50 @@ class Store:
             digest, size = file_sha256(tmp), tmp.stat().st_size
             os.replace(tmp, final)
             art_rows.append([rec.key, name, str(final.relative_to(self.root)), digest, size])
-        with self.connect(views=False) as con:
-            con.execute("BEGIN TRANSACTION")
-            try:
-                self._delete_key(con, rec.key)
-                for table, columns in out.tables.items():
-                    if table not in RESULT_TABLES:
-                        raise SbifError(f"internal: unknown result table {table}")
-                    n = len(next(iter(columns.values()))) if columns else 0
-                    if n == 0:
-                        continue
-                    arrow = pa.table(
-                        {
-                            "key": [rec.key] * n,
-                            **{c: list(v) if not hasattr(v, "dtype") else v for c, v in columns.items()},
-                        }
-                    )
-                    con.register("incoming", arrow)
-                    cols = ", ".join(arrow.column_names)
-                    con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
-                    con.unregister("incoming")
-                if art_rows:
-                    con.executemany("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?)", art_rows)
-                con.execute(
-                    "INSERT INTO stage_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        rec.key,
-                        rec.kind,
-                        rec.version,
-                        rec.step,
-                        rec.analysis,
-                        rec.parent,
-                        rec.label,
-                        json.dumps(rec.fields, sort_keys=True),
-                        json.dumps(rec.inputs),
-                        json.dumps(rec.provenance, sort_keys=True),
-                        rec.device,
-                        rec.seed,
-                        rec.wall_s,
-                        datetime.now(UTC).replace(tzinfo=None),
-                    ],
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._delete_key(con, rec.key)
+            for table, columns in out.tables.items():
+                if table not in RESULT_TABLES:
+                    raise SbifError(f"internal: unknown result table {table}")
+                n = len(next(iter(columns.values()))) if columns else 0
+                if n == 0:
+                    continue
+                arrow = pa.table(
+                    {
+                        "key": [rec.key] * n,
+                        **{c: list(v) if not hasattr(v, "dtype") else v for c, v in columns.items()},
+                    }
                 )
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+                con.register("incoming", arrow)
+                cols = ", ".join(arrow.column_names)
+                con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
+                con.unregister("incoming")
+            if art_rows:
+                con.executemany("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?)", art_rows)
+            con.execute(
+                "INSERT INTO stage_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    rec.key,
+                    rec.kind,
+                    rec.version,
+                    rec.step,
+                    rec.analysis,
+                    rec.parent,
+                    rec.label,
+                    json.dumps(rec.fields, sort_keys=True),
+                    json.dumps(rec.inputs),
+                    json.dumps(rec.provenance, sort_keys=True),
+                    rec.device,
+                    rec.seed,
+                    rec.wall_s,
+                    datetime.now(UTC).replace(tzinfo=None),
+                ],
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
         staging = out.artifacts and next(iter(out.artifacts.values())).parent
         if staging and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
