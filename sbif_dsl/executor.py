@@ -135,6 +135,9 @@ class LocalBackend:
         self.progress = progress
         self.pending: list[tuple[Unit, WorkerContext, dict]] = []
 
+    def plan_units(self, units: list[Unit]) -> None:
+        pass
+
     def submit(self, unit: Unit, ctx: WorkerContext, needs: Iterable[str]) -> Unit:
         files = self.store.artifact_files(sorted(needs))
         self.pending.append((unit, ctx, files))
@@ -189,6 +192,7 @@ def run_stages(rt, store, todo: list[Stage], report: Reporter | None = None, bac
     ctx = WorkerContext(spec=rt.spec, dataset_digest=rt.dataset_digest, threads=getattr(backend, "threads", None))
     summary = RunSummary()
     units = make_units(todo)
+    backend.plan_units(units)
     produced = {s.key for s in todo}
     committed: set[str] = set()
     waiting = list(units)
