@@ -130,9 +130,10 @@ class LocalBackend:
 
     concurrency = 1
 
-    def __init__(self, store, progress: Progress | None = None):
+    def __init__(self, store, progress: Progress | None = None, threads: int | None = None):
         self.store = store
         self.progress = progress
+        self.threads = threads
         self.pending: list[tuple[Unit, WorkerContext, dict]] = []
 
     def plan_units(self, units: list[Unit]) -> None:
@@ -189,7 +190,7 @@ def execute(rt, store, plan: Plan, recompute: bool = False, report: Reporter | N
 def run_stages(rt, store, todo: list[Stage], report: Reporter | None = None, backend=None) -> RunSummary:
     """Run `todo` (whose other inputs are committed) on the backend; commit each stage as its unit returns."""
     backend = backend or LocalBackend(store)
-    ctx = WorkerContext(spec=rt.spec, dataset_digest=rt.dataset_digest, threads=getattr(backend, "threads", None))
+    ctx = WorkerContext(spec=rt.spec, dataset_digest=rt.dataset_digest, threads=backend.threads)
     summary = RunSummary()
     units = make_units(todo)
     backend.plan_units(units)

@@ -49,12 +49,12 @@ def _run_unit_task(stages, ctx: WorkerContext, keys: list[str], *blobs: dict[str
                 files[key][name] = folder / name
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
         results, error = run_unit(stages, replace(ctx, threads=max(1, int(cpus))), files, workdir / "out")
-        node = ray.util.get_node_ip_address()
+        node = {"node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id()}
         packed = []
         for r in results:
             blobs_out = {name: path.read_bytes() for name, path in r.output.artifacts.items()}
             output = StageOutput(tables=r.output.tables, measured=r.output.measured)
-            packed.append((replace(r, output=output, provenance={**r.provenance, "node_ip": node}), blobs_out))
+            packed.append((replace(r, output=output, provenance={**r.provenance, **node}), blobs_out))
         return packed, error
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -84,7 +84,7 @@ class RayBackend:
                 except ConnectionError as e:
                     raise UsageError(f"--ray-address {address}: {e}; hint: is the cluster up (`ray status`)?") from None
         cluster = ray.cluster_resources()
-        self.cpus_per_task = cpus_per_task
+        self.cpus_per_task = self.threads = cpus_per_task
         self.gpus = int(cluster.get("GPU", 0))
         self.concurrency = workers or max(1, int(cluster.get("CPU", 1)) // cpus_per_task)
         self.task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_unit_task)
