@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 _SH = 'ip link set lo up && exec "$@"'
 _BASE_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
@@ -59,14 +60,18 @@ def assert_loopback_only() -> None:
         raise RuntimeError(f"not a loopback-only network namespace: interfaces {others}")
 
 
-def namespace_of(pid: int) -> str:
-    """The netns id of a process (e.g. 'net:[4026532178]'); read it before killing a driver."""
-    return os.readlink(f"/proc/{pid}/ns/net")
+def namespace_of(pid: int, timeout: float = 10.0) -> str:
+    """The netns id of a process started by popen_isolated (e.g. 'net:[4026532178]'), once it has left ours:
+    right after Popen, unshare may not have run yet. Read it before killing a driver."""
+    own, deadline = os.readlink("/proc/self/ns/net"), time.monotonic() + timeout
+    while (ns := os.readlink(f"/proc/{pid}/ns/net")) == own and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return ns
 
 
 def kill_namespace(ns: str, sig: int = 9) -> list[int]:
     """Signal every process in netns ``ns``: Ray agents outlive a SIGKILLed driver, and `ray stop` is machine-wide."""
-    if ns == namespace_of(os.getpid()):
+    if ns == os.readlink("/proc/self/ns/net"):
         raise ValueError("refusing to signal processes of this process's own namespace")
     hit = []  # /proc/PID/ns/net names the namespace; the pid namespace is shared, so this finds them all
     for p in filter(str.isdigit, os.listdir("/proc")):

@@ -89,19 +89,32 @@ def test_two_node_cluster(tmp_path):
     assert len({node for *_, node, _ in prov}) == 2  # both worker nodes ran stages
 
 
+def _cpu_ticks(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
 def _ray_workers_busy(ns: str) -> list[int]:
-    """Pids of Ray worker processes in namespace ns that are running a unit (Ray titles them by task)."""
-    pids = []
+    """Pids of Ray worker processes in namespace ns running a unit (Ray titles them by task) and computing (their
+    CPU time grows over 0.3 s)."""
+    workers = []
     for p in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.readlink(f"/proc/{p}/ns/net") != ns:
-                continue
             with open(f"/proc/{p}/cmdline", "rb") as f:
-                if f.read().startswith(b"ray::_run_unit_task"):
-                    pids.append(int(p))
+                if os.readlink(f"/proc/{p}/ns/net") == ns and f.read().startswith(b"ray::_run_unit_task"):
+                    workers.append((int(p), _cpu_ticks(int(p))))
         except OSError:
             pass
-    return pids
+    time.sleep(0.3)
+    busy = []
+    for pid, ticks in workers:
+        try:
+            if _cpu_ticks(pid) - ticks >= 10:  # >= 0.1 s of CPU in 0.3 s (clock ticks of 10 ms)
+                busy.append(pid)
+        except OSError:
+            pass
+    return busy
 
 
 def test_worker_killed_mid_task_is_retried(tmp_path):
@@ -112,15 +125,17 @@ def test_worker_killed_mid_task_is_retried(tmp_path):
     args = [sys.executable, "-m", "sbif_dsl.cli", "run", str(spec), "--executor", "ray", "--workers", "2"]
     driver = popen_isolated(args, env=env, cwd=REPO)
     ns = namespace_of(driver.pid)
-    killed, deadline = None, time.time() + 120
+    killed, deadline, seen = None, time.time() + 120, []
     while killed is None and time.time() < deadline and driver.poll() is None:
-        busy = _ray_workers_busy(ns) if committed(ray_cache) >= 4 else []  # a sample stage is running
+        n = committed(ray_cache)
+        busy = _ray_workers_busy(ns) if n >= 4 else []  # a sample stage is running
+        seen.append((n, len(busy)))
         if busy:
             os.kill(busy[0], signal.SIGKILL)
             killed = busy[0]
         time.sleep(0.05)
     out, err = driver.communicate(timeout=300)
-    assert killed is not None, f"no busy worker seen\n{err}"
+    assert killed is not None, f"no busy worker seen: {sorted(set(seen))}\n{err}"
     assert driver.returncode == 0, err
     assert_same_cache(local, ray_cache)
 
@@ -153,7 +168,8 @@ def test_killed_driver_leaves_committed_stages_and_resumes(tmp_path):
 def test_deterministic_failure_is_reported_once_not_retried(tmp_path):
     spec = write_spec(tmp_path, TOY)
     cache = tmp_path / "ray" / "c.duckdb"
-    proc = sbif_isolated("run", str(spec), "--executor", "ray", "--set", "sampler.eps=100", cache=cache, check=False)
+    diverge = ["--set", "sampler.eps=1", "--set", "sampler.gamma=1"]  # valid settings whose chains blow up
+    proc = sbif_isolated("run", str(spec), "--executor", "ray", *diverge, cache=cache, check=False)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.count("became non-finite") == 1 and "Traceback" not in proc.stderr, proc.stderr
     with duckdb.connect(str(cache), read_only=True) as con:

@@ -179,7 +179,10 @@ def test_per_token_traces_shape_dtype_and_eval_batching(dtype, expected):
     assert all(t.dtype == expected and t.device.type == "cpu" for t in res.traces)
     assert res.batch_losses.shape == (2, 4) and res.batch_losses.dtype == expected
     whole = run_chains(loss_fn, params0, (x, y), [(x, y), (x[:2], y[:2])], cfg, seed=0)
-    assert torch.equal(whole.traces[0], res.traces[0])
+    # Evaluation chunks change only the shapes BLAS sees: equal up to its rounding (bitwise on some CPUs; on an
+    # AVX-512 machine float64 differed in the last bit, 8.9e-16, with torch 2.13, before and after the executor work).
+    tol = 64 * torch.finfo(dtype).eps  # a few ulps of the O(1) losses
+    torch.testing.assert_close(whole.traces[0], res.traces[0], rtol=tol, atol=tol)
     torch.testing.assert_close(res.traces[1], res.traces[0][:, :, :2])
 
 
