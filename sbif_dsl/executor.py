@@ -59,31 +59,31 @@ class StageResult:
     wall_s: float
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Unit:
     """Stages run together in one process, in order; later ones may read earlier ones' outputs."""
 
-    stages: list[Stage]
-
-    def needs(self) -> set[str]:
-        """Keys produced outside the unit whose artifacts some stage of it reads."""
-        own = {s.key for s in self.stages}
-        return {k for s in self.stages for k in s.needs() if k not in own}
+    stages: tuple[Stage, ...]
+    needs: frozenset[str]  # keys produced outside the unit whose artifacts some stage of it reads
 
 
 def make_units(todo: list[Stage]) -> list[Unit]:
     """Group each stage that builds no model with the unit that produces every input it needs from this run."""
-    units: list[Unit] = []
-    unit_of: dict[str, Unit] = {}
+    groups: list[list[Stage]] = []
+    group_of: dict[str, int] = {}
     for stage in todo:
-        producers = {id(unit_of[k]): unit_of[k] for k in stage.needs() if k in unit_of}
+        producers = {group_of[k] for k in stage.needs() if k in group_of}
         if stage.runner not in MODEL_RUNNERS and len(producers) == 1:
-            unit = next(iter(producers.values()))
-            unit.stages.append(stage)
+            g = producers.pop()
         else:
-            unit = Unit([stage])
-            units.append(unit)
-        unit_of[stage.key] = unit
+            g = len(groups)
+            groups.append([])
+        groups[g].append(stage)
+        group_of[stage.key] = g
+    units = []
+    for stages in groups:
+        own = {s.key for s in stages}
+        units.append(Unit(tuple(stages), frozenset(k for s in stages for k in s.needs() if k not in own)))
     return units
 
 
@@ -201,11 +201,11 @@ def run_stages(rt, store, todo: list[Stage], report: Reporter | None = None, bac
     clock = _Clock(todo, backend.concurrency)
     try:
         while waiting or running:
-            for unit in [u for u in waiting if not (u.needs() & produced) - committed]:
+            for unit in [u for u in waiting if not (u.needs & produced) - committed]:
                 if len(running) >= backend.concurrency:
                     break
                 waiting.remove(unit)
-                running[id(backend.submit(unit, ctx, unit.needs()))] = unit
+                running[id(backend.submit(unit, ctx, unit.needs))] = unit
                 for stage in unit.stages if report else ():
                     report("start", stage, clock.status(running))
             if not running:

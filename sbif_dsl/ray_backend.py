@@ -33,6 +33,12 @@ def _import_ray():
     return ray
 
 
+def _warm_up() -> None:
+    """Import what every unit needs (torch is ~1.7 s) while the driver is still planning."""
+    import sbif_dsl.executor  # noqa: F401
+    import sbif_dsl.stages.sample  # noqa: F401
+
+
 def _run_unit_task(stages, ctx: WorkerContext, keys: list[str], *blobs: dict[str, bytes]):
     """The Ray task: inputs arrive as {artifact: bytes} per key; returns ([(result, {artifact: bytes})], error)."""
     import ray
@@ -88,6 +94,8 @@ class RayBackend:
         self.gpus = int(cluster.get("GPU", 0))
         self.concurrency = workers or max(1, int(cluster.get("CPU", 1)) // cpus_per_task)
         self.task = ray.remote(max_retries=MAX_RETRIES, retry_exceptions=False)(_run_unit_task)
+        warm = ray.remote(num_cpus=1)(_warm_up)
+        self.warming = [warm.remote() for _ in range(min(self.concurrency, int(cluster.get("CPU", 1))))]
         self.inflight: dict = {}  # ObjectRef -> Unit
         self.refs: dict[str, object] = {}  # input key -> ObjectRef of its artifact bytes, while units still need it
         self.consumers: dict[str, int] = {}
@@ -95,14 +103,15 @@ class RayBackend:
     def plan_units(self, units: list[Unit]) -> None:
         """Count which units read each input, so its bytes leave the object store after the last one is sent."""
         for unit in units:
-            for key in unit.needs():
+            for key in unit.needs:
                 self.consumers[key] = self.consumers.get(key, 0) + 1
 
-    def _ref(self, key: str):
-        if key not in self.refs:
-            files = self.store.artifact_files([key])[key]
+    def _refs(self, keys: list[str]) -> list:
+        """Object refs of the inputs' artifact bytes: read (checksums checked) and put once per key."""
+        new = [k for k in keys if k not in self.refs]
+        for key, files in self.store.artifact_files(new).items():
             self.refs[key] = self.ray.put({name: path.read_bytes() for name, path in files.items()})
-        return self.refs[key]
+        return [self.refs[k] for k in keys]
 
     def _options(self, unit: Unit, ctx: WorkerContext) -> dict:
         if unit.stages[0].runner not in MODEL_RUNNERS:
@@ -114,7 +123,7 @@ class RayBackend:
 
     def submit(self, unit: Unit, ctx: WorkerContext, needs) -> Unit:
         keys = sorted(needs)
-        refs = [self._ref(k) for k in keys]
+        refs = self._refs(keys)
         for k in keys:
             self.consumers[k] = self.consumers.get(k, 1) - 1
             if self.consumers[k] <= 0:

@@ -253,7 +253,9 @@ class Store:
             art_rows.append([rec.key, name, str(final.relative_to(self.root)), digest, size])
         con.execute("BEGIN TRANSACTION")
         try:
-            self._delete_key(con, rec.key)
+            # rows of a key exist only with its registry row (they commit together): replace them on a recompute
+            if con.execute("SELECT 1 FROM stage_registry WHERE key = ?", [rec.key]).fetchone() is not None:
+                self._delete_key(con, rec.key)
             for table, columns in out.tables.items():
                 if table not in RESULT_TABLES:
                     raise SbifError(f"internal: unknown result table {table}")

@@ -19,7 +19,10 @@ VIEWS: dict[str, str] = {
                sr.wall_s, sr.device, sr.seed,
                json_extract_string(sr.provenance, '$.sbif_dsl') AS sbif_version,
                json_extract_string(sr.provenance, '$.torch') AS torch_version,
-               json_extract_string(sr.provenance, '$.python') AS python_version
+               json_extract_string(sr.provenance, '$.python') AS python_version,
+               json_extract_string(sr.provenance, '$.host') AS host,
+               json_extract_string(sr.provenance, '$.node_ip') AS node_ip,
+               TRY_CAST(json_extract_string(sr.provenance, '$.threads') AS INTEGER) AS threads
         FROM {_SCOPE}""",
     "checkpoints": f"""
         SELECT ss.study, c.step, sr.key, c.weights_sha256, c.source, c.train_loss
@@ -150,7 +153,8 @@ VIEWS.update(
 
 VIEW_DOCS: dict[str, str] = {
     "studies": "one row per study: title, spec text and hash, seed",
-    "stages": "every stage of every study: kind, checkpoint step, wall time, versions, device, seed",
+    "stages": "every stage of every study: kind, checkpoint step, wall time, versions, seed, and where it ran "
+    "(device, host, Ray node_ip, CPU threads)",
     "checkpoints": "checkpoint steps with weight hashes and the full training loss at that step",
     "training_curve": "training loss over optimizer steps",
     "samples": "samples of each data set (train and query sets)",
