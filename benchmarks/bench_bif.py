@@ -116,7 +116,7 @@ def ceiling_shape(w: Workload) -> tuple[int, int, int]:
 
 
 def run_ours(w: Workload, device: str, precision: str = "float32") -> dict:
-    """sbif_dsl's path: run_chains as the sample stage calls it (the Session's loss function and thread policy,
+    """sbif_dsl's path: run_chains as the sample stage calls it (the Runtime's loss function and thread policy,
     one model replica per CPU worker thread, the spec's precision) + the BIF from the traces."""
     model = w.model.to(device)
     params0 = {k: v.detach() for k, v in model.named_parameters()}
@@ -124,7 +124,7 @@ def run_ours(w: Workload, device: str, precision: str = "float32") -> dict:
     tracked = [(w.tracked.to(device), w.tracked_targets.to(device))]
     cfg = replace(w.sampler, precision=precision)
     t0 = time.perf_counter()
-    with cpu_threads_for(model, cfg.chains, cfg.batch_size or train[0].shape[0], train[0][0]):  # as Session does
+    with cpu_threads_for(model, cfg.chains, cfg.batch_size or train[0].shape[0], train[0][0]):  # as Runtime does
         res = run_chains(
             functional_loss(model, w.loss),
             params0,

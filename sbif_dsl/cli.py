@@ -211,13 +211,12 @@ def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threa
     rt, store = _runtime(spec, overrides), _store(cache_path)
     progress = _Progress(quiet)
     with store.writer(wait_s=wait_s):
-        backend = _backend(executor, ray_address, workers, threads, store, progress.inner)  # Ray warms up meanwhile
         p = build_plan(rt, store)
         if not p.missing and not recompute:
-            backend.close()
             register_study(rt, store, p)
             click.echo(f"nothing to compute: all {len(p.stages)} stages cached ({time.perf_counter() - t0:.2f}s)")
             return
+        backend = _backend(executor, ray_address, workers, threads, store, progress.inner)
         summary = execute(rt, store, p, recompute=recompute, report=progress.stage, backend=backend)
     devices = ", ".join(sorted(summary.devices)) or "none"
     click.echo(

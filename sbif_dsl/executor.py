@@ -46,6 +46,7 @@ class RunSummary:
     hits: int = 0
     wall_s: float = 0.0
     devices: set[str] = field(default_factory=set)
+    committed: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -195,42 +196,51 @@ def run_stages(rt, store, todo: list[Stage], report: Reporter | None = None, bac
     units = make_units(todo)
     backend.plan_units(units)
     produced = {s.key for s in todo}
-    committed: set[str] = set()
     waiting = list(units)
     running: dict[int, Unit] = {}
     clock = _Clock(todo, backend.concurrency)
+    finished = None
     try:
-        while waiting or running:
-            for unit in [u for u in waiting if not (u.needs & produced) - committed]:
-                if len(running) >= backend.concurrency:
-                    break
-                waiting.remove(unit)
-                running[id(backend.submit(unit, ctx, unit.needs))] = unit
-                for stage in unit.stages if report else ():
-                    report("start", stage, clock.status(running))
+        while True:
+            with store.held():  # one connection for committing what finished and submitting what that unblocked
+                if finished is not None:
+                    _commit(store, *finished, summary, clock, running, report)
+                for unit in [u for u in waiting if not (u.needs & produced) - summary.committed]:
+                    if len(running) >= backend.concurrency:
+                        break
+                    waiting.remove(unit)
+                    running[id(backend.submit(unit, ctx, unit.needs))] = unit
+                    for stage in unit.stages if report else ():
+                        report("start", stage, clock.status(running))
             if not running:
-                raise SbifError("internal: no stage can run (an input is neither cached nor planned)")
-            unit, results, error, workdir = backend.wait()
-            running.pop(id(unit))
-            try:
-                store.commit_all([(_record(s, r), r.output) for s, r in zip(unit.stages, results)])
-                for stage, result in zip(unit.stages, results):
-                    committed.add(stage.key)
-                    summary.ran.append(stage)
-                    summary.devices.add(result.device)
-                    clock.finished(stage, result.wall_s)
-                    if report:
-                        report("done", stage, clock.status(running))
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
-            if error is not None:
-                raise error
+                if waiting:
+                    raise SbifError("internal: no stage can run (an input is neither cached nor planned)")
+                break
+            finished = backend.wait()
+            running.pop(id(finished[0]))
     except BaseException:
         backend.cancel()
         raise
     finally:
         backend.close()
     return summary
+
+
+def _commit(store, unit: Unit, results, error, workdir: Path, summary: RunSummary, clock, running, report) -> None:
+    """Commit the stages of a unit that finished (one transaction each), then raise the error that stopped it."""
+    try:
+        store.commit_all([(_record(s, r), r.output) for s, r in zip(unit.stages, results)])
+        for stage, result in zip(unit.stages, results):
+            summary.committed.add(stage.key)
+            summary.ran.append(stage)
+            summary.devices.add(result.device)
+            clock.finished(stage, result.wall_s)
+            if report:
+                report("done", stage, clock.status(running))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    if error is not None:
+        raise error
 
 
 def _record(stage: Stage, result: StageResult) -> StageRecord:

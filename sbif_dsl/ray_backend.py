@@ -34,7 +34,7 @@ def _import_ray():
 
 
 def _warm_up() -> None:
-    """Import what every unit needs (torch is ~1.7 s) while the driver is still planning."""
+    """Import what every unit needs (torch: ~1.7 s) on every worker at once, not when each gets its first unit."""
     import sbif_dsl.executor  # noqa: F401
     import sbif_dsl.stages.sample  # noqa: F401
 
@@ -70,8 +70,10 @@ class RayBackend:
     """Units as Ray tasks, as many in flight as `workers` (default: the cluster's CPUs)."""
 
     def __init__(self, store, address: str | None = None, workers: int | None = None, cpus_per_task: int = 1):
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray reads these when imported
+        if address is not None and (Path.home() / ".ray" / "auth_token").exists():
+            os.environ.setdefault("RAY_AUTH_MODE", "token")  # a `ray start` cluster of this user: use its token
         ray = self.ray = _import_ray()
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
         self.store = store
         self.started = not ray.is_initialized()
         if self.started:
@@ -83,8 +85,6 @@ class RayBackend:
                     _node_ip_address="127.0.0.1",
                 )
             else:
-                if (Path.home() / ".ray" / "auth_token").exists():  # a `ray start` cluster of this user: its token
-                    os.environ.setdefault("RAY_AUTH_MODE", "token")
                 try:
                     ray.init(address=address, log_to_driver=False)
                 except ConnectionError as e:

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(autouse=True)
 def _one_thread():
-    """Tiny models are overhead-bound: extra intra-op threads only add contention (as Session.thread_policy)."""
+    """Tiny models are overhead-bound: extra intra-op threads only add contention (as Runtime.thread_policy)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

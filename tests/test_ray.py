@@ -73,6 +73,18 @@ def test_ray_results_are_bitwise_the_local_ones(tmp_path, text):
     assert "nothing to compute" in again.stdout
 
 
+def test_cli_joins_a_running_cluster(tmp_path):
+    """`sbif run --ray-address HOST:PORT` against a head started with `ray start` (token auth on, as by default)."""
+    spec = write_spec(tmp_path, TINY_SPEC)
+    local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
+    sbif("run", str(spec), "--threads", "1", cache=local)
+    cmd = [sys.executable, "-m", "sbif_dsl.cli", "run", str(spec), "--cache", str(ray_cache), "--executor", "ray"]
+    proc = run_isolated([sys.executable, "-m", "tests.ray_head", "2", *cmd], cwd=REPO, timeout=300)
+    assert proc.returncode == 0 and "executor ray" in proc.stdout, proc.stderr
+    assert_same_cache(local, ray_cache)
+    assert {ip for _, _, ip, _, _ in ray_provenance(ray_cache)} == {"127.0.0.1"}
+
+
 def test_two_node_cluster(tmp_path):
     """Stages spread over two worker nodes (the head offers no CPU); results as the local executor's."""
     spec = write_spec(tmp_path, TOY)
@@ -117,14 +129,19 @@ def _ray_workers_busy(ns: str) -> list[int]:
     return busy
 
 
-def test_worker_killed_mid_task_is_retried(tmp_path):
+def _start_slow_ray_run(tmp_path):
+    """The slow toy run locally (the reference), then started as a Ray driver in its own namespace."""
     spec = write_spec(tmp_path, SLOW_TOY)
     local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
     sbif("run", str(spec), "--threads", "1", cache=local)
     env = {**os.environ, "SBIF_CACHE": str(ray_cache)}
     args = [sys.executable, "-m", "sbif_dsl.cli", "run", str(spec), "--executor", "ray", "--workers", "2"]
     driver = popen_isolated(args, env=env, cwd=REPO)
-    ns = namespace_of(driver.pid)
+    return spec, local, ray_cache, driver, namespace_of(driver.pid)
+
+
+def test_worker_killed_mid_task_is_retried(tmp_path):
+    _, local, ray_cache, driver, ns = _start_slow_ray_run(tmp_path)
     killed, deadline, seen = None, time.time() + 120, []
     while killed is None and time.time() < deadline and driver.poll() is None:
         n = committed(ray_cache)
@@ -141,13 +158,7 @@ def test_worker_killed_mid_task_is_retried(tmp_path):
 
 
 def test_killed_driver_leaves_committed_stages_and_resumes(tmp_path):
-    spec = write_spec(tmp_path, SLOW_TOY)
-    local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
-    sbif("run", str(spec), "--threads", "1", cache=local)
-    env = {**os.environ, "SBIF_CACHE": str(ray_cache)}
-    args = [sys.executable, "-m", "sbif_dsl.cli", "run", str(spec), "--executor", "ray", "--workers", "2"]
-    driver = popen_isolated(args, env=env, cwd=REPO)
-    ns = namespace_of(driver.pid)
+    spec, local, ray_cache, driver, ns = _start_slow_ray_run(tmp_path)
     deadline = time.time() + 120
     while committed(ray_cache) < 6 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.1)

@@ -69,12 +69,23 @@ class Store:
         self.root = self.db_path.parent
         self.objects = self.root / "objects"
         self.lock_path = self.db_path.with_name(self.db_path.name + ".lock")
+        self._held: duckdb.DuckDBPyConnection | None = None
 
     # ------------------------------------------------------------------ connections
 
     @contextmanager
     def connect(self, read_only: bool = False, views: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection that is always closed; read-only ones retry while a writer briefly holds the file."""
+        """A connection that is always closed; read-only ones retry while a writer briefly holds the file.
+        Inside `held()` it is a cursor of the held connection."""
+        if self._held is not None:
+            cursor = self._held.cursor()
+            try:
+                if views:
+                    create_views(cursor, self.objects)
+                yield cursor
+            finally:
+                cursor.close()
+            return
         if read_only and not self.db_path.exists():
             self.init()
         con = self._open(read_only)
@@ -84,6 +95,21 @@ class Store:
             yield con
         finally:
             con.close()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """One read-write connection for a burst of operations (a unit's commit and the next submissions): opening
+        DuckDB costs ~20 ms here. The executor never holds it while a stage runs, so other processes (a query, a
+        report) can open the cache between bursts, as between commits."""
+        if self._held is not None:
+            yield
+            return
+        self._held = self._open(read_only=False)
+        try:
+            yield
+        finally:
+            self._held.close()
+            self._held = None
 
     def _open(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         delay = 0.05
