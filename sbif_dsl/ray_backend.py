@@ -77,18 +77,21 @@ class RayBackend:
         self.store = store
         self.started = not ray.is_initialized()
         if self.started:
-            if address is None:  # a private cluster on this machine: it needs no other interface than loopback
-                ray.init(
-                    num_cpus=workers or os.cpu_count(),
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    _node_ip_address="127.0.0.1",
-                )
-            else:
-                try:
+            try:
+                if address is None:  # a new private instance ("local": never a cluster Ray finds on its own)
+                    ray.init(
+                        address="local",
+                        num_cpus=workers or os.cpu_count(),
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        _node_ip_address="127.0.0.1",  # it needs no other interface than loopback
+                    )
+                else:
                     ray.init(address=address, log_to_driver=False)
-                except ConnectionError as e:
-                    raise UsageError(f"--ray-address {address}: {e}; hint: is the cluster up (`ray status`)?") from None
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                where = f"--ray-address {address}" if address else "starting a local Ray instance"
+                hint = "is the cluster up (`ray status`)?"
+                raise UsageError(f"{where}: {str(e).splitlines()[0]}; hint: {hint}") from None
         cluster = ray.cluster_resources()
         self.cpus_per_task = self.threads = cpus_per_task
         self.gpus = int(cluster.get("GPU", 0))
