@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,7 @@ def main() -> None:
                     if executor == "local" and r == 0:
                         times = stage_times(cache)
                     print(f"{name}: {label} run {r + 1}: {walls[label][-1]:.1f} s", flush=True)
-        median = {k: sorted(v)[len(v) // 2] for k, v in walls.items()}
+        median = {k: statistics.median(v) for k, v in walls.items()}
         same = len(set(prints.values())) == 1
         report["workloads"][name] = {
             "spec": spec,
