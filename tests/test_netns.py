@@ -35,7 +35,7 @@ RAY_SCRIPT = textwrap.dedent(
     netns.assert_loopback_only()
     import ray
 
-    ray.init(num_cpus=1, include_dashboard=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False)  # new, never a cluster left in /tmp/ray
 
     @ray.remote
     def where():
