@@ -105,7 +105,7 @@ def run_unit(
     files = dict(files)
     results: list[StageResult] = []
     try:
-        rt = runtime_for(ctx.spec)
+        rt = runtime_for(ctx.spec, ctx.dataset_digest)
         rt.check_dataset(ctx.dataset_digest)
         with rt.thread_policy(ctx.threads):
             for stage in stages:

@@ -297,16 +297,19 @@ class Runtime:
 _RUNTIMES: OrderedDict[str, Runtime] = OrderedDict()
 
 
-def runtime_for(spec: LoadedSpec) -> Runtime:
-    """This process's Runtime of a spec (built once: datasets are deterministic functions of the spec); the few
-    most recent specs are kept."""
+def runtime_for(spec: LoadedSpec, dataset_digest: str | None = None) -> Runtime:
+    """This process's Runtime of a spec (built once: datasets are deterministic functions of the spec and its
+    files); the few most recent specs are kept. With dataset_digest (what the plan keyed), a cached Runtime whose
+    data no longer match (a data file edited since a long-lived Ray worker built it) is built again."""
     digest = sha256_hex(canonical_json([str(spec.path), spec.study.model_dump(mode="json")]))
-    if digest in _RUNTIMES:
+    cached = _RUNTIMES.get(digest)
+    if cached is not None and (dataset_digest is None or cached.dataset_digest == dataset_digest):
         _RUNTIMES.move_to_end(digest)
-    else:
-        _RUNTIMES[digest] = Runtime(spec)
-        while len(_RUNTIMES) > 4:
-            _RUNTIMES.popitem(last=False)
+        return cached
+    _RUNTIMES[digest] = Runtime(spec)
+    _RUNTIMES.move_to_end(digest)
+    while len(_RUNTIMES) > 4:
+        _RUNTIMES.popitem(last=False)
     return _RUNTIMES[digest]
 
 

@@ -98,3 +98,29 @@ def test_every_stage_kind_reproduces_bitwise_in_a_fresh_process(tmp_path, text, 
     stages, out, moved = _fresh_outputs(tmp_path, spec, cache, calibrate)
     assert {s.kind for s in stages} == kinds
     _assert_bitwise(tmp_path, stages, out, moved)
+
+
+TEXT_SPEC = """\
+name: text
+device: cpu
+data: {kind: text_files, paths: [corpus.txt], context: 8}
+model: {kind: transformer, n_layers: 1, n_heads: 1, d_model: 8}
+training: {lr: 0.01, steps: 2, checkpoints: {steps: [2]}}
+observables: [{name: query, data: query}]
+analyses: [{kind: bif, source: query}]
+"""
+
+
+def test_a_cached_runtime_is_rebuilt_when_its_data_file_changed(tmp_path):
+    """A long-lived worker keeps a Runtime per spec; the plan's dataset digest tells it when a data file changed."""
+    from sbif_dsl.runtime import runtime_for
+
+    (tmp_path / "corpus.txt").write_text("abcdefgh ijklmnop " * 20)
+    spec = load_spec(write_spec(tmp_path, TEXT_SPEC))
+    old = runtime_for(spec)
+    assert runtime_for(spec, old.dataset_digest) is old  # built once per process
+    (tmp_path / "corpus.txt").write_text("qrstuvwx yz012345 " * 20)
+    new_digest = Runtime(spec).dataset_digest
+    assert new_digest != old.dataset_digest
+    rebuilt = runtime_for(spec, new_digest)
+    assert rebuilt is not old and rebuilt.dataset_digest == new_digest

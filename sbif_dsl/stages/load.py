@@ -14,7 +14,7 @@ import torch
 
 from ..errors import UsageError
 from ..hashing import canonical_json, file_sha256, sha256_hex
-from ..runtime import save_blob, state_digest
+from ..runtime import load_state, save_blob, state_digest
 from .base import Inputs, Stage, StageMeta, StageOutput
 
 VERSION = 2  # 2: the weights are stored as the stage's state.pt artifact
@@ -66,8 +66,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         from ..models.hf import hf_state
 
         return hf_state(path)
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    return blob["model"] if isinstance(blob, dict) and "model" in blob else blob
+    return load_state(path)
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
