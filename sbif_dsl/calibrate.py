@@ -13,21 +13,16 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
 import yaml
 from pydantic import ValidationError
 
 from .errors import UsageError
-from .sampling import SGLDConfig
-from .sampling.diagnostics import STATIONARY_MAX_DRIFT, run_calibration_chains, summarize
+from .sampling.diagnostics import STATIONARY_MAX_DRIFT
 from .spec.models import Sampler
-from .stages.base import Inputs, Stage, StageMeta, StageOutput
-from .stages.sample import module_at, sampler_config, sampling_params
-from .store.views import CALIBRATION_SUFFIX
+from .stages.base import Stage
+from .stages.calibration import CALIBRATION_SUFFIX, build_stage, fmt
 
-VERSION = 2  # 2: keyed like sample stages v3 (the spec's device)
 MIN_ACCEPTANCE = 0.9  # below this the unadjusted chain differs noticeably from an exact one (discretization bias)
 GRID_ORDER = ["method", "eps", "gamma", "nbeta"]
 
@@ -87,73 +82,6 @@ def expand(base: Sampler, grid: dict[str, list]) -> list[GridPoint]:
 def default_grid(base: Sampler) -> dict[str, list]:
     """Without --grid: the spec's ε, a tenth of it and ten times it."""
     return {"eps": [base.eps / 10, base.eps, base.eps * 10]}
-
-
-# ----------------------------------------------------------------------------- the stage
-
-
-def build_stage(rt, checkpoint: Stage, dataset_key: str, sampler: Sampler) -> Stage:
-    cfg = sampler_config(rt, sampler)
-    return Stage(
-        kind="calibration",
-        version=VERSION,
-        params=sampling_params(rt, checkpoint, cfg),  # the sample stage's seed too: same chains for the same setting
-        inputs=(checkpoint.key, dataset_key),
-        meta=StageMeta(
-            step=checkpoint.step,
-            parent=checkpoint.key,
-            label=f"calibrate at step {checkpoint.step}: {cfg.method} eps={_fmt(cfg.eps)} gamma={_fmt(cfg.gamma)} "
-            f"nbeta={_fmt(cfg.nbeta)}",
-        ),
-    )
-
-
-def run_stage(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
-    cfg = SGLDConfig(**stage.params["sampler"])
-    module = module_at(rt, stage, inputs)
-    rt.check_loss_contract(module)
-    params0 = {k: v.detach() for k, v in module.named_parameters()}
-    train = (rt.on_device(rt.dataset.train.inputs), rt.on_device(rt.dataset.train.targets))
-    res = run_calibration_chains(rt.loss_fn(module), params0, train, cfg, seed=stage.params["seed"], progress=progress)
-    s = summarize(res, cfg.nbeta)
-    ch = s["chains"]
-    C, D = res.batch_losses.shape
-    chain, draw = np.indices((C, D))
-    return StageOutput(
-        tables={
-            "r_calibration": {
-                "method": [cfg.method],
-                "eps": [cfg.eps],
-                "gamma": [cfg.gamma],
-                "nbeta": [cfg.nbeta],
-                "chains": [cfg.chains],
-                "draws": [cfg.draws],
-                "burn_in": [cfg.burn_in],
-                "steps_between_draws": [cfg.steps_between_draws],
-                "batch_size": [cfg.batch_size],
-                "init_loss": [res.init_loss],
-                "llc_mean": [s["llc_mean"]],
-                "llc_std": [s["llc_std"]],
-                "trend": [s["trend"]],
-                "half_shift": [s["half_shift"]],
-                "stationary": [s["stationary"]],
-                "acceptance": [s["acceptance"]],
-                "divergences": [s["divergences"]],
-            },
-            "r_calibration_chains": {
-                "chain": np.arange(C),
-                **{k: ch[k].numpy().astype(float) for k in ("llc", "mean_loss", "trend", "half_shift", "acceptance")},
-                "diverged": ch["diverged"].numpy(),
-                "diverged_at": ch["diverged_at"].numpy().astype(np.int32),
-            },
-            "r_calibration_draws": {
-                "chain": chain.ravel(),
-                "draw": draw.ravel(),
-                "loss": res.batch_losses.numpy().ravel(),
-                "acceptance": res.acceptance.numpy().ravel(),
-            },
-        }
-    )
 
 
 # ----------------------------------------------------------------------------- recommendation
@@ -262,10 +190,10 @@ def calibrate(rt, store, grid: dict[str, list], step: int | None = None, report=
     needed = _needed(ckpt, upstream, done) + [s for s in seen.values() if s.key not in done]
     summary = run_stages(rt, store, needed, report=report, backend=backend)
     store.add_to_study(rt.study.name + CALIBRATION_SUFFIX, [ds.key, ckpt.key, *seen])
-    summaries = _load_summaries(store, list(seen))
+    summaries = store.rows("r_calibration", list(seen), SUMMARY_COLUMNS)
     for p in points:
         if p.stage is not None:
-            p.summary = summaries[p.stage.key]
+            p.summary = {c: (math.nan if v is None else v) for c, v in summaries[p.stage.key].items()}
     choice, why = recommend(points)
     return Calibration(ckpt.step, points, choice, why, len(summary.ran))
 
@@ -284,21 +212,12 @@ def _needed(target: Stage, upstream: list[Stage], done: set[str]) -> list[Stage]
     return [s for s in upstream if s.key in want]
 
 
-def _load_summaries(store, keys: list[str]) -> dict[str, dict]:
-    cols = ["llc_mean", "llc_std", "trend", "half_shift", "stationary", "acceptance", "divergences"]
-    out: dict[str, dict] = {}
-    with store.connect(read_only=True, views=False) as con:
-        for key in keys:
-            row = con.execute(f"SELECT {', '.join(cols)} FROM r_calibration WHERE key = ?", [key]).fetchone()
-            out[key] = {c: (math.nan if v is None else v) for c, v in zip(cols, row, strict=True)}
-    return out
+SUMMARY_COLUMNS = ["llc_mean", "llc_std", "trend", "half_shift", "stationary", "acceptance", "divergences"]
 
 
 # ----------------------------------------------------------------------------- printing
 
-
-def _fmt(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+_fmt = fmt
 
 
 def format_table(cal: Calibration) -> list[str]:

@@ -62,10 +62,10 @@ def _store(cache_path):
 
 
 def _runtime(spec_path, overrides):
+    from .checks import load_checked
     from .runtime import runtime_for
-    from .spec import load_spec
 
-    return runtime_for(load_spec(spec_path, list(overrides)))
+    return runtime_for(load_checked(spec_path, list(overrides)))
 
 
 @click.group()
@@ -80,9 +80,9 @@ def main() -> None:
 @handle_errors
 def validate(spec: Path, overrides) -> None:
     """Check a spec: fields, types, ranges and references. Exit 2 with one line per problem."""
-    from .spec import load_spec
+    from .checks import load_checked
 
-    s = load_spec(spec, list(overrides)).study
+    s = load_checked(spec, list(overrides)).study
     click.echo(f"ok: {spec} (study {s.name!r}, {len(s.analyses)} analyses)")
 
 
@@ -238,7 +238,7 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
     import polars as pl
 
     from .store import fetch_frame
-    from .store.views import VIEW_DOCS
+    from .store.views import view_docs
 
     if fmt == "parquet" and out is None:
         raise UsageError("--format parquet needs --out FILE")
@@ -247,7 +247,7 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
         try:
             df = fetch_frame(con, sql)
         except duckdb.Error as e:
-            views = ", ".join(VIEW_DOCS)
+            views = ", ".join(view_docs())
             raise UsageError(f"SQL failed: {str(e).splitlines()[0]}\nhint: views are {views}") from None
     if fmt == "parquet":
         df.write_parquet(out)
@@ -282,11 +282,11 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
 @handle_errors
 def report(spec: Path, overrides, cache_path, out: Path | None) -> None:
     """Render the study's cached results as one self-contained HTML file (computes nothing)."""
+    from .checks import load_checked
     from .reporting import write_report
-    from .spec import load_spec
 
     t0 = time.perf_counter()
-    path = write_report(load_spec(spec, list(overrides)), _store(cache_path), out)
+    path = write_report(load_checked(spec, list(overrides)), _store(cache_path), out)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
 
 
@@ -323,8 +323,7 @@ def calibrate(
     if not parsed:
         click.echo(f"no --grid given: sweeping eps around the spec's value ({rt.study.sampler.eps:g})")
     click.echo(
-        f"calibration of study {rt.study.name!r} at checkpoint step {cal.step} "
-        f"({cal.ran} stages run, the rest cached):"
+        f"calibration of study {rt.study.name!r} at checkpoint step {cal.step} ({cal.ran} stages run, the rest cached):"
     )
     for line in format_table(cal) + format_recommendation(cal):
         click.echo(line)

@@ -20,7 +20,7 @@ from .errors import SbifError
 from .hashing import sha256_hex
 from .plan import Plan
 from .runtime import runtime_for
-from .stages import MODEL_RUNNERS, Inputs, Stage, StageOutput, WorkerContext, runner
+from .stages import Inputs, Stage, StageOutput, WorkerContext, builds_model, runner
 from .store import StageRecord
 
 
@@ -74,7 +74,7 @@ def make_units(todo: list[Stage]) -> list[Unit]:
     group_of: dict[str, int] = {}
     for stage in todo:
         producers = {group_of[k] for k in stage.needs() if k in group_of}
-        if stage.runner not in MODEL_RUNNERS and len(producers) == 1:
+        if not builds_model(stage) and len(producers) == 1:
             g = producers.pop()
         else:
             g = len(groups)
@@ -165,7 +165,7 @@ def register_study(rt, store, plan: Plan) -> None:
     spec = rt.spec
     store.set_study(
         rt.study.name,
-        plan.keys(),
+        plan.names(),
         {
             "title": rt.study.title,
             "description": rt.study.description,

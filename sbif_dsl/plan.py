@@ -1,13 +1,19 @@
-"""Spec -> ordered stages with content keys, and which of them the cache already holds."""
+"""Spec -> ordered stages with content keys, and which of them the cache already holds.
+
+The study's own stages (dataset, checkpoints, token classes, one sample per checkpoint) are built here; every
+analysis is built from its kind's declaration (stages/kinds.py): one stage per checkpoint reading the checkpoint's
+weights or its sample, or, for study-level kinds, whatever the kind's `build` makes of the plan so far.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .spec.loader import hierarchy_sets, reference_problems, spec_problem
-from .spec.models import SAMPLED_KINDS
-from .stages import agreement, analyses, dataset, lm, load, loo, sample, tokens, train
-from .stages.base import Stage
+from .spec.models import analysis_name
+from .stages import dataset, load, sample, tokens, train
+from .stages.base import Stage, StageMeta
+from .stages.kinds import ANALYSES, ANALYSIS
 
 
 @dataclass
@@ -21,6 +27,19 @@ class Plan:
 
     def keys(self) -> list[str]:
         return [s.key for s in self.stages]
+
+    def names(self) -> dict[str, str | None]:
+        """key -> the analysis name this study gives the stage (None: not an analysis): how views name results."""
+        return {s.key: s.analysis for s in self.stages}
+
+
+@dataclass(frozen=True)
+class PlanSoFar:
+    """What a study-level analysis kind builds on."""
+
+    dataset_key: str
+    checkpoints: list[Stage]
+    stages: list[Stage]
 
 
 def _check_data_references(rt) -> None:
@@ -40,6 +59,22 @@ def checkpoint_stages(rt, store, dataset_key: str) -> list[Stage]:
     return train.build(rt, dataset_key, store.lineage_checkpoints)
 
 
+def analysis_stage(rt, analysis, parent: Stage, tokens_key: str | None) -> Stage:
+    """The stage of a checkpoint- or sample-attached analysis: its declared fields, derived params and parent."""
+    kind = ANALYSIS[analysis.kind]
+    name = analysis_name(analysis)
+    params = {**analysis.key_params(), **(kind.params(rt, analysis) if kind.params else {})}
+    if kind.model:  # evaluates the model: its precision and device choice shape the numbers
+        params.update(dtype=rt.study.dtype, device=rt.study.device)
+    return Stage(
+        kind=kind.name,
+        version=kind.version,
+        params=params,
+        inputs=(parent.key, *((tokens_key,) if kind.classes else ())),
+        meta=StageMeta(step=parent.step, analysis=name, parent=parent.key, label=f"{name} at step {parent.step}"),
+    )
+
+
 def build_plan(rt, store) -> Plan:
     """rt: the driver's Runtime (builds the data to key it; never resolves a device); store: what is cached."""
     _check_data_references(rt)
@@ -47,34 +82,21 @@ def build_plan(rt, store) -> Plan:
     ds = dataset.build(rt)
     checkpoints = checkpoint_stages(rt, store, ds.key)
     stages: list[Stage] = [ds, *checkpoints]
-    token_classes = None
-    if study.token_classes is not None or any(a.kind in lm.USES_CLASSES for a in study.analyses):
+    tokens_key = None
+    if study.token_classes is not None or any(ANALYSIS[a.kind].classes for a in study.analyses):
         token_classes = tokens.build(rt, ds.key)
         stages.append(token_classes)
-    tokens_key = token_classes.key if token_classes else None
-    lm_kinds = {"class_bif", "token_bif"}
+        tokens_key = token_classes.key
+    by_attach = {
+        attach: [a for a in study.analyses if ANALYSIS[a.kind].attach == attach] for attach in ("checkpoint", "sample")
+    }
     for ckpt in checkpoints:
-        for a in study.analyses:
-            if a.kind in lm.ON_CHECKPOINT:
-                stages.append(lm.build(rt, a, ckpt, tokens_key))
+        stages += [analysis_stage(rt, a, ckpt, tokens_key) for a in by_attach["checkpoint"]]
         smp = sample.build(rt, ckpt, ds.key)
         stages.append(smp)
-        for a in study.analyses:
-            if a.kind in SAMPLED_KINDS:
-                build = lm.build(rt, a, smp, tokens_key) if a.kind in lm_kinds else analyses.build(rt, a, smp)
-                stages.append(build)
-    stages.extend(_validation_stages(rt, stages, ds.key, checkpoints))
+        stages += [analysis_stage(rt, a, smp, tokens_key) for a in by_attach["sample"]]
+    for kind in (k for k in ANALYSES if k.attach == "study"):
+        for i, a in enumerate(study.analyses):
+            if a.kind == kind.name:
+                stages += kind.build(rt, a, i, PlanSoFar(ds.key, checkpoints, list(stages)))
     return Plan(stages=stages, cached=store.complete_keys([s.key for s in stages]))
-
-
-def _validation_stages(rt, stages: list[Stage], dataset_key: str, checkpoints: list[Stage]) -> list[Stage]:
-    """LOO retraining (one stage per left-out sample) and BIF-vs-LOO agreement (after both analyses)."""
-    out: list[Stage] = []
-    for i, a in enumerate(rt.study.analyses):
-        if a.kind == "loo":
-            out.extend(loo.build(rt, a, i, dataset_key, checkpoints))
-    for a in rt.study.analyses:
-        if a.kind == "agreement":
-            compared = [s for s in stages + out if s.analysis in (a.bif, a.loo) and s.kind in ("bif", "loo")]
-            out.append(agreement.build(rt, a, compared))
-    return out

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from .errors import SbifError, UsageError
 from .executor import StageResult, Unit, run_unit
-from .stages import MODEL_RUNNERS, StageOutput, WorkerContext
+from .stages import StageOutput, WorkerContext, builds_model
 
 MAX_RETRIES = 3  # of a task whose worker died (killed, out of memory); stage errors are never retried
 
@@ -117,7 +117,7 @@ class RayBackend:
         return [self.refs[k] for k in keys]
 
     def _options(self, unit: Unit, ctx: WorkerContext) -> dict:
-        if unit.stages[0].runner not in MODEL_RUNNERS:
+        if not builds_model(unit.stages[0]):
             return {"num_cpus": 1}
         wants_gpu = ctx.spec.study.device == "cuda" or (ctx.spec.study.device == "auto" and self.gpus > 0)
         if ctx.spec.study.device == "cuda" and self.gpus == 0:

@@ -68,18 +68,7 @@ def write_report(spec: LoadedSpec, store: Store, out: Path | None = None) -> Pat
                 raise UsageError(f"report section {sec.title!r}: SQL failed: {str(e).splitlines()[0]}") from None
             enc = {k: v for k, v in {"x": sec.x, "y": sec.y, "color": sec.color}.items() if v}
             extra.append(Section(sec.title, section_chart(df, sec.chart, enc, sec.title)))
-    d = study.report.detect
-    params = DetectParams(
-        prominence=d.prominence,
-        min_abs=d.min_abs,
-        min_rel=d.min_rel,
-        min_run=d.min_run,
-        noise_k=d.noise_k,
-        curve_smooth=d.curve_smooth,
-        min_change=d.min_change,
-        merge_decades=d.merge_decades,
-        value=d.value,
-    )
+    params = DetectParams(**study.report.detect.model_dump())  # the spec's settings, converted once
     out = out or Path("reports") / f"{study.name}.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     return build_report(

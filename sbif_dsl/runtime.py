@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import platform
 import socket
 import sys
@@ -31,6 +30,7 @@ from .models.deep_linear import DeepLinear
 from .spec import LoadedSpec
 from .task import Dataset, check_dataset, check_losses, check_module
 
+EVAL_SAMPLES, EVAL_ELEMENTS = 1024, 1 << 14  # chunks of no-grad loss evaluation (`Runtime.losses`)
 SMALL_WORKLOAD = 10_000_000  # params × chains × batch elements below which CPU runs use one thread
 
 
@@ -236,6 +236,26 @@ class Runtime:
             module = check_module(fn(self.dataset, **m.options), origin)
         return module
 
+    def module_at(self, state_file: Path) -> nn.Module:
+        """The spec's model with the weights of a checkpoint artifact (`state.pt`)."""
+        module = self.new_module()
+        module.load_state_dict(load_state(state_file))
+        return module
+
+    @torch.no_grad()
+    def losses(self, module: nn.Module, s, loss=None) -> Tensor:
+        """The data's per-sample (or per-token) losses of every sample of a set, on the host: [n] | [n, T].
+        Evaluated in chunks of at most EVAL_SAMPLES samples and EVAL_ELEMENTS inputs (activations of a language
+        model grow with tokens)."""
+        loss = loss or self.dataset.loss
+        per_sample = max(1, s.inputs[0].numel()) if len(s) else 1
+        chunk = max(1, min(EVAL_SAMPLES, EVAL_ELEMENTS // per_sample))
+        parts = [
+            loss(module(self.on_device(s.inputs[i : i + chunk])), self.on_device(s.targets[i : i + chunk])).cpu()
+            for i in range(0, len(s), chunk)
+        ]
+        return torch.cat(parts)
+
     def loss_fn(self, module: nn.Module):
         """Functional per-sample loss (params, inputs, targets) -> [B] | [B, T], for the sampler."""
         return functional_loss(module, self.dataset.loss)
@@ -324,7 +344,3 @@ def save_blob(obj: Any, path) -> None:
     torch.save(obj, buf)
     with open(path, "wb") as f:
         f.write(buf.getvalue())
-
-
-def default_nbeta(batch: int) -> float:
-    return batch / math.log(batch) if batch > 1 else 1.0

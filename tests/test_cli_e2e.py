@@ -63,7 +63,7 @@ def test_run_rerun_and_query(tmp_path, tiny_spec, cache_path):
     assert set(traces["sample_name"].unique()) == {"item0", "item1", "item2", "item3"}
 
     table = sbif("query", "SELECT study, count(*) AS n FROM training_curve GROUP BY study", cache=cache_path).stdout
-    assert "tiny" in table and "61" in table
+    assert "tiny" in table and "60" in table  # the batch loss of steps 0..59 (step 60's loss: checkpoints.train_loss)
 
     stages = json.loads(sbif("query", "SELECT * FROM stages", "--format", "json", cache=cache_path).stdout)
     assert all(s["torch_version"] and s["python_version"] and s["device"] == "cpu" for s in stages)

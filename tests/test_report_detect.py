@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -51,6 +52,19 @@ def test_params_reject_bad_values():
     with pytest.raises(ValueError, match="finite"):
         DetectParams(min_abs=float("nan"))
     assert DetectParams().value == "bif_corr"
+
+
+def test_params_from_the_specs_detect_settings_by_name():
+    """The spec's `report.detect` fields are DetectParams fields of the same names and defaults, so
+    `DetectParams(**settings.model_dump())` builds the report's parameters from a spec."""
+    from sbif_dsl.spec.models import DetectSettings
+
+    assert set(DetectSettings.model_fields) <= {f.name for f in dataclasses.fields(DetectParams)}
+    assert DetectParams(**DetectSettings().model_dump()) == DetectParams()
+    settings = {"prominence": 0.3, "min_run": 3, "noise_k": 0.0, "curve_smooth": 5, "value": "bif_cov"}
+    p = DetectParams(**DetectSettings(**settings).model_dump())
+    assert {k: getattr(p, k) for k in settings} == settings
+    assert DetectParams(**settings) == p  # a plain mapping works the same
 
 
 # --------------------------------------------------------------------------------------- zero crossings

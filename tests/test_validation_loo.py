@@ -226,11 +226,13 @@ def test_left_out_subset_and_python_data_names(tmp_path):
 
 
 def test_cache_from_before_the_loo_tables_stays_queryable(tmp_path):
-    """A cache written before r_loo/r_agreement existed: read-only connections still get every view (empty)."""
+    """A cache written before r_loo/r_agreement_stats and study_stages.analysis existed: read-only connections still
+    get every view (empty)."""
     store = Store(tmp_path / "old.duckdb")
     store.init()
     with store.connect(views=False) as con:
-        con.execute("DROP TABLE r_loo; DROP TABLE r_agreement")
+        con.execute("DROP TABLE r_loo; DROP TABLE r_agreement_stats; DROP TABLE study_stages")
+        con.execute("CREATE TABLE study_stages (study VARCHAR NOT NULL, key VARCHAR NOT NULL, PRIMARY KEY (study, key))")
     with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM agreement").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM bif").fetchone() == (0,)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 import polars as pl
@@ -14,6 +15,15 @@ from sbif_dsl.report.html import Section, header_from_frames, render_report
 from sbif_dsl.report.tables import transitions_table
 
 DEFAULT_PAIRS = (("dog", "cat"), ("dog", "sparrow"), ("dog", "lily"))
+
+
+class SectionOptions(TypedDict, total=False):
+    """The keywords of `standard_sections` that `build_report` passes on as they are."""
+
+    params: DetectParams | None
+    pairs: Sequence[tuple[str, str]] | None
+    class_pairs: Sequence[tuple[str, str]] | None
+    heatmap_steps: Sequence[int] | None
 
 
 def _frame(frames: Mapping[str, pl.DataFrame | None], name: str, study: str | None) -> pl.DataFrame | None:
@@ -161,20 +171,16 @@ def build_report(
     frames: Mapping[str, pl.DataFrame | None],
     *,
     study: str | None = None,
-    params: DetectParams | None = None,
-    pairs: Sequence[tuple[str, str]] | None = None,
-    class_pairs: Sequence[tuple[str, str]] | None = None,
-    heatmap_steps: Sequence[int] | None = None,
     extra_sections: Sequence[Section] = (),
+    **options: Unpack[SectionOptions],
 ) -> Path:
-    """Header from the `studies`/`stages` frames, the standard sections, then `extra_sections`."""
+    """Header from the `studies`/`stages` frames, the standard sections (`options`: params, pairs, class_pairs,
+    heatmap_steps, as in `standard_sections`), then `extra_sections`."""
     studies = frames.get("studies")
     if studies is not None and not studies.is_empty():
         header = header_from_frames(studies, frames.get("stages"), study)
     else:
         header = {"study": study or ""}
     study = study or header.get("study") or None
-    secs = standard_sections(
-        frames, study=study, params=params, pairs=pairs, class_pairs=class_pairs, heatmap_steps=heatmap_steps
-    )
+    secs = standard_sections(frames, study=study, **options)
     return render_report(path, header=header, sections=[*secs, *extra_sections])

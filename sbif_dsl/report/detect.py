@@ -107,6 +107,21 @@ class DetectParams:
             raise ValueError("DetectParams prominences are fractions in [0, 1]")
 
 
+def _changepoints(df: pl.DataFrame, x: str, y: str, by: Sequence[str] | None, p: DetectParams) -> pl.DataFrame:
+    """`changepoints` with the thresholds of `p` (loss drops, LLC and curve changes alike)."""
+    return changepoints(
+        df,
+        x,
+        y,
+        by,
+        smooth_window=p.smooth_window,
+        grid_points=p.grid_points,
+        prominence=p.slope_prominence,
+        min_change=p.min_change,
+        noise_k=p.noise_k,
+    )
+
+
 def loss_drops(
     training_curve: pl.DataFrame,
     x: str = "step",
@@ -116,18 +131,7 @@ def loss_drops(
 ) -> pl.DataFrame:
     """Sharp drops of the training loss on a log-step axis (changepoints with direction "drop").
     Returns the `changepoints` columns plus drop_frac = (before − after) / before."""
-    p = params or DetectParams()
-    cp = changepoints(
-        training_curve,
-        x,
-        y,
-        by,
-        smooth_window=p.smooth_window,
-        grid_points=p.grid_points,
-        prominence=p.slope_prominence,
-        min_change=p.min_change,
-        noise_k=p.noise_k,
-    ).filter(pl.col("direction") == "drop")
+    cp = _changepoints(training_curve, x, y, by, params or DetectParams()).filter(pl.col("direction") == "drop")
     frac = (pl.col("value_before") - pl.col("value_after")) / pl.col("value_before").abs()
     return cp.with_columns(drop_frac=pl.when(pl.col("value_before") != 0).then(frac).otherwise(None))
 
@@ -162,34 +166,50 @@ def _one_study(df: pl.DataFrame | None, name: str) -> pl.DataFrame | None:
     return df
 
 
+def _event(
+    kind: str, series: str, span: tuple[float, float], step: float, value: float | None, what: str, evidence: str
+) -> dict:
+    """One event (the EVENT_COLUMNS) as a dict; span is (step_start, step_end)."""
+    return {
+        "step_start": span[0],
+        "step_end": span[1],
+        "step": step,
+        "value": value,
+        "kind": kind,
+        "series": series,
+        "what": what,
+        "evidence": evidence,
+    }
+
+
+def _curve_event(r: dict, kind: str, series: str, what: str, evidence: str) -> dict:
+    """An event from a `changepoints` row: its window, its steepest step, no value."""
+    return _event(kind, series, (r["step_start"], r["step_end"]), r["step"], None, what, evidence)
+
+
+def _pair_event(r: dict, kind: str, label: str, span: tuple, value: float, detail: str, mag: float) -> dict:
+    """An event of one (source, target) influence curve, grouped by `label` and ranked by `mag` in summaries."""
+    name = f"{r['source']}→{r['target']}"
+    return {
+        **_event(kind, name, span, r["step"], value, f"{name} {label}", f"{name}: {detail}"),
+        "_group": label,
+        "_mag": mag,
+    }
+
+
 def _plateau_changes(frame: pl.DataFrame, column: str, kind: str, series: str, p: DetectParams) -> list[dict]:
     """Events for the changes of `column` between plateaus (LLC, induction score, any user curve)."""
-    cp = changepoints(
-        frame,
-        "step",
-        column,
-        smooth_window=p.smooth_window,
-        grid_points=p.grid_points,
-        prominence=p.slope_prominence,
-        min_change=p.min_change,
-        noise_k=p.noise_k,
-    )
     return [
-        {
-            "step_start": r["step_start"],
-            "step_end": r["step_end"],
-            "step": r["step"],
-            "value": None,
-            "kind": kind,
-            "series": series,
-            "what": f"{series} {'rises' if r['direction'] == 'rise' else 'falls'} "
+        _curve_event(
+            r,
+            kind,
+            series,
+            f"{series} {'rises' if r['direction'] == 'rise' else 'falls'} "
             f"{r['value_before']:.3g} → {r['value_after']:.3g}",
-            "evidence": (
-                f"{series} {r['change']:+.3g} between plateaus, steepest at step {r['step']:,.0f} "
-                f"({r['slope']:+.3g} per decade)"
-            ),
-        }
-        for r in cp.iter_rows(named=True)
+            f"{series} {r['change']:+.3g} between plateaus, steepest at step {r['step']:,.0f} "
+            f"({r['slope']:+.3g} per decade)",
+        )
+        for r in _changepoints(frame, "step", column, None, p).iter_rows(named=True)
     ]
 
 
@@ -206,19 +226,14 @@ def _events(
     if tc is not None:
         for r in loss_drops(tc, params=p).iter_rows(named=True):
             ev.append(
-                {
-                    "step_start": r["step_start"],
-                    "step_end": r["step_end"],
-                    "step": r["step"],
-                    "value": None,
-                    "kind": "loss_drop",
-                    "series": "training loss",
-                    "what": f"training loss drops {r['value_before']:.3g} → {r['value_after']:.3g}",
-                    "evidence": (
-                        f"loss −{100 * (r['drop_frac'] or 0):.0f}% between plateaus, steepest at step "
-                        f"{r['step']:,.0f} ({r['slope']:.3g} per decade)"
-                    ),
-                }
+                _curve_event(
+                    r,
+                    "loss_drop",
+                    "training loss",
+                    f"training loss drops {r['value_before']:.3g} → {r['value_after']:.3g}",
+                    f"loss −{100 * (r['drop_frac'] or 0):.0f}% between plateaus, steepest at step "
+                    f"{r['step']:,.0f} ({r['slope']:.3g} per decade)",
+                )
             )
     llc = _one_study(llc_summary, "llc_summary")
     if llc is not None:
@@ -245,24 +260,14 @@ def _events(
             min_run=p.min_run,
         )
         for r in zc.iter_rows(named=True):
-            name = f"{r['source']}→{r['target']}"
             label = "turns harmful (− → +)" if r["direction"] == "up" else "turns helpful (+ → −)"
+            detail = (
+                f"{col} {r['value_before']:+.3g} at step {r['step_before']:,.0f} → "
+                f"{r['value_after']:+.3g} at step {r['step_after']:,.0f}"
+            )
+            span = (r["step_before"], r["step_after"])
             ev.append(
-                {
-                    "step_start": r["step_before"],
-                    "step_end": r["step_after"],
-                    "step": r["step"],
-                    "value": 0.0,
-                    "kind": "bif_sign_flip",
-                    "series": name,
-                    "what": f"{name} {label}",
-                    "evidence": (
-                        f"{name}: {col} {r['value_before']:+.3g} at step {r['step_before']:,.0f} → "
-                        f"{r['value_after']:+.3g} at step {r['step_after']:,.0f}"
-                    ),
-                    "_group": label,
-                    "_mag": abs(r["value_after"] - r["value_before"]),
-                }
+                _pair_event(r, "bif_sign_flip", label, span, 0.0, detail, abs(r["value_after"] - r["value_before"]))
             )
         pk = peaks(
             bp,
@@ -275,25 +280,13 @@ def _events(
             smooth=p.curve_smooth,
         )
         for r in pk.iter_rows(named=True):
-            name = f"{r['source']}→{r['target']}"
             label = f"{'harmful' if r['value'] > 0 else 'helpful'} |BIF| peak"
-            ev.append(
-                {
-                    "step_start": r["step_left"],
-                    "step_end": r["step_right"],
-                    "step": r["step"],
-                    "value": r["value"],
-                    "kind": "bif_peak",
-                    "series": name,
-                    "what": f"{name} {label}",
-                    "evidence": (
-                        f"{name}: {col} {r['value']:+.3g} at step {r['step']:,.0f}, prominence "
-                        f"{r['prominence']:.3g} ({100 * r['prominence_rel']:.0f}% of its range)"
-                    ),
-                    "_group": label,
-                    "_mag": abs(r["value"]),
-                }
+            detail = (
+                f"{col} {r['value']:+.3g} at step {r['step']:,.0f}, prominence "
+                f"{r['prominence']:.3g} ({100 * r['prominence_rel']:.0f}% of its range)"
             )
+            span = (r["step_left"], r["step_right"])
+            ev.append(_pair_event(r, "bif_peak", label, span, r["value"], detail, abs(r["value"])))
     return sorted(ev, key=lambda e: e["step"])
 
 

@@ -218,21 +218,21 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
                 (("observables", i, "data"), f"no data set {o.data!r}; available: {', '.join(sorted(data_sets))}")
             )
     names = [analysis_name(a) for a in study.analyses]
+    from ..stages.kinds import ANALYSIS
+
     for i, a in enumerate(study.analyses):
         if names.count(names[i]) > 1:
             problems.append((("analyses", i), f"duplicate analysis name {names[i]!r}; give each a distinct 'name'"))
-        refs = {
-            "bif": ["source", "target"],
-            "loss_kernel": ["observable"],
-            "class_bif": ["observable"],
-            "token_bif": ["observable"],
-            "class_loss": ["observable"],
-            "loo": ["target"],
-        }.get(a.kind, [])
-        for field in refs:
+        same = next((j for j, b in enumerate(study.analyses[:i]) if _unnamed(b) == _unnamed(a)), None)
+        if same is not None:
+            problems.append((("analyses", i), f"computes the same as analysis {names[same]!r} (only the name differs)"))
+        kind = ANALYSIS[a.kind]
+        for field in kind.references:
             value = getattr(a, field)
             if value is not None and value not in obs_names:
                 problems.append((("analyses", i, field), f"no observable {value!r}; declared: {', '.join(obs_names)}"))
+        if kind.problems is not None:
+            problems.extend(kind.problems(study, i, a))
     problems.extend(validation_problems(study))
     if study.data.kind == "hierarchy":
         items = set(study.data.names())
@@ -248,98 +248,19 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
                     problems.append(
                         (("report", "pairs", i, j), f"no sample {m!r}; items: {', '.join(study.data.names())}")
                     )
-    problems.extend(section_problems(study))
     return problems
+
+
+def _unnamed(a) -> dict:
+    """An analysis without its name: two that agree here would be one stage (names are not part of keys)."""
+    return a.model_dump(exclude={"name"})
 
 
 def validation_problems(study: Study) -> list[tuple[Path_, str]]:
-    """loo needs in-spec training; agreement must name a bif and a loo analysis that measure the same pairs;
-    bfloat16 sampling autocasts float32 weights only."""
-    problems: list[tuple[Path_, str]] = []
+    """bfloat16 sampling autocasts float32 weights only."""
     if study.sampler.precision == "bfloat16" and study.dtype != "float32":
-        problems.append(
-            (("sampler", "precision"), f"bfloat16 autocasts float32 weights; this study has dtype {study.dtype}")
-        )
-    by_name = {analysis_name(a): a for a in study.analyses}
-    data_of = {o.name: o.data for o in study.observables}
-    for i, a in enumerate(study.analyses):
-        if a.kind == "loo":
-            if study.training is None:
-                problems.append(
-                    (("analyses", i, "kind"), "loo retrains the model: it needs 'training' (not loaded checkpoints)")
-                )
-            if a.left_out is not None and len(set(a.left_out)) != len(a.left_out):
-                problems.append((("analyses", i, "left_out"), "left_out lists a sample twice"))
-            if study.data.kind == "hierarchy" and a.left_out is not None:
-                items = study.data.names()
-                for j, m in enumerate(a.left_out):
-                    if m not in items:
-                        problems.append(
-                            (("analyses", i, "left_out", j), f"no training sample {m!r}; items: {', '.join(items)}")
-                        )
-        if a.kind != "agreement":
-            continue
-        for field, kind in (("bif", "bif"), ("loo", "loo")):
-            ref = by_name.get(getattr(a, field))
-            if ref is None or ref.kind != kind:
-                declared = [n for n, b in by_name.items() if b.kind == kind]
-                problems.append(
-                    (
-                        ("analyses", i, field),
-                        f"no {kind} analysis named {getattr(a, field)!r}; "
-                        f"{kind} analyses: {', '.join(declared) or '(none)'}",
-                    )
-                )
-        bif, loo = by_name.get(a.bif), by_name.get(a.loo)
-        if bif is None or loo is None or bif.kind != "bif" or loo.kind != "loo":
-            continue
-        if data_of.get(bif.source) != "train":
-            problems.append(
-                (
-                    ("analyses", i, "bif"),
-                    f"bif analysis {a.bif!r} has source {bif.source!r}, not the training set; "
-                    "leave-one-out removes training samples, so compare a bif whose source observable has data: train",
-                )
-            )
-        bif_target = bif.target or bif.source
-        bif_data, loo_data = data_of.get(bif_target), data_of.get(loo.target)
-        if bif_data != loo_data:
-            problems.append(
-                (
-                    ("analyses", i, "loo"),
-                    f"targets differ: bif {a.bif!r} targets {bif_target!r} (data {bif_data!r}), "
-                    f"loo {a.loo!r} targets {loo.target!r} (data {loo_data!r})",
-                )
-            )
-    return problems
-
-
-def section_problems(study: Study) -> list[tuple[Path_, str]]:
-    """Report sections: the SQL must run against the views and the encodings must name its columns."""
-    import duckdb
-
-    from ..store.views import VIEW_DOCS, sql_columns
-
-    problems: list[tuple[Path_, str]] = []
-    for i, sec in enumerate(study.report.sections):
-        try:
-            columns = sql_columns(sec.sql)
-        except duckdb.Error as e:
-            msg = str(e).splitlines()[0]
-            problems.append(((("report", "sections", i, "sql")), f"{msg}; views: {', '.join(VIEW_DOCS)}"))
-            continue
-        for channel in ("x", "y", "color"):
-            col = getattr(sec, channel)
-            if col is not None and col.split(":")[0] not in columns:
-                problems.append(
-                    (
-                        ("report", "sections", i, channel),
-                        f"no column {col!r} in the query; columns: {', '.join(columns)}",
-                    )
-                )
-        if sec.chart != "table" and (sec.x is None or sec.y is None):
-            problems.append((("report", "sections", i, "chart"), f"a {sec.chart} chart needs x and y"))
-    return problems
+        return [(("sampler", "precision"), f"bfloat16 autocasts float32 weights; this study has dtype {study.dtype}")]
+    return []
 
 
 def hierarchy_sets(study: Study) -> set[str] | None:

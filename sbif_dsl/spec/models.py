@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_.\-]*$"
-FACTORY_PATTERN = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+from ..keyed import FACTORY_PATTERN, NAME_PATTERN, Base
+
 DEFAULT_ITEMS = ["dog", "cat", "sparrow", "robin", "lily", "rose", "oak", "pine"]
-
-
-class Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # ----------------------------------------------------------------------------- data
@@ -21,6 +17,8 @@ class Base(BaseModel):
 
 class HierarchyData(Base):
     """Saxe-style hierarchy: items are leaves of a tree; binary features hang on the tree's nodes."""
+
+    KEYED = ("kind", "branching", "features_per_level", "item_names", "query_sets")
 
     kind: Literal["hierarchy"] = Field(description="Built-in hierarchical toy data (SCIENCE.md §5).")
     branching: list[Annotated[int, Field(ge=1, le=16)]] = Field(
@@ -64,6 +62,8 @@ class HierarchyData(Base):
 class PythonData(Base):
     """User data: `factory(**options)` returns an `sbif_dsl.task.Dataset`."""
 
+    KEYED = ("kind", "factory", "options")
+
     kind: Literal["python"] = Field(description="Data built by user code.")
     factory: str = Field(pattern=FACTORY_PATTERN, description="Import path 'package.module:function'.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
@@ -71,6 +71,8 @@ class PythonData(Base):
 
 class TokenizerSpec(Base):
     """Built-in byte-level tokenizer, or a local Hugging Face tokenizer.json (never downloaded)."""
+
+    KEYED = ("kind", "path")
 
     kind: Literal["byte", "hf"] = Field(default="byte", description="byte = UTF-8 bytes; hf = tokenizer.json file.")
     path: str | None = Field(default=None, description="Local tokenizer.json (kind: hf), relative to the spec.")
@@ -85,6 +87,20 @@ class TokenizerSpec(Base):
 class SyntheticLanguageData(Base):
     """Seeded text with known structure: Zipfian words, delimiters, code-like lines, numbers, and a random
     span repeated in every window so that induction pays off. Byte-level tokens."""
+
+    KEYED = (
+        "kind",
+        "n_train",
+        "n_query",
+        "context",
+        "vocab_words",
+        "zipf_exponent",
+        "repeat_fraction",
+        "span_len",
+        "p_code",
+        "p_delimiter",
+        "p_number",
+    )
 
     kind: Literal["synthetic_language"] = Field(description="Built-in synthetic language.")
     n_train: int = Field(default=4096, ge=1, le=1_000_000, description="Training windows.")
@@ -105,6 +121,8 @@ class SyntheticLanguageData(Base):
 class TextFilesData(Base):
     """Windows over local text files (globs relative to the spec)."""
 
+    KEYED = ("kind", "paths", "context", "stride", "query_fraction", "max_windows", "tokenizer")
+
     kind: Literal["text_files"] = Field(description="Local text files.")
     paths: list[str] = Field(min_length=1, description="Files or globs, relative to the spec file.")
     context: int = Field(default=64, ge=2, le=65536, description="Tokens per window.")
@@ -123,6 +141,8 @@ Data = Annotated[HierarchyData | PythonData | SyntheticLanguageData | TextFilesD
 class DeepLinearModel(Base):
     """A deep linear network x -> W_L ... W_1 x (SCIENCE.md §5); widths of input/output come from the data."""
 
+    KEYED = ("kind", "hidden", "init_scale", "bias")
+
     kind: Literal["deep_linear"] = Field(description="Built-in deep linear network.")
     hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         default=[16], min_length=1, description="Widths of the hidden layers."
@@ -134,6 +154,8 @@ class DeepLinearModel(Base):
 class PythonModel(Base):
     """User model: `factory(dataset, **options)` returns a torch.nn.Module whose forward takes the inputs."""
 
+    KEYED = ("kind", "factory", "options")
+
     kind: Literal["python"] = Field(description="Model built by user code.")
     factory: str = Field(pattern=FACTORY_PATTERN, description="Import path 'package.module:function'.")
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
@@ -141,6 +163,19 @@ class PythonModel(Base):
 
 class TransformerModel(Base):
     """Built-in decoder-only transformer (attention-only by default: induction heads form as a clean stage)."""
+
+    KEYED = (
+        "kind",
+        "n_layers",
+        "n_heads",
+        "d_model",
+        "d_head",
+        "mlp",
+        "d_mlp",
+        "positions",
+        "layer_norm",
+        "init_std",
+    )
 
     kind: Literal["transformer"] = Field(description="Built-in transformer.")
     n_layers: int = Field(default=2, ge=1, le=64, description="Layers.")
@@ -158,6 +193,8 @@ class TransformerModel(Base):
 
 class HFCausalLM(Base):
     """A Hugging Face causal LM from a LOCAL directory (config.json); checkpoints are local revision folders."""
+
+    KEYED = ("kind", "path")
 
     kind: Literal["hf_causal_lm"] = Field(description="Hugging Face causal LM (optional extra: transformers).")
     path: str = Field(description="Local folder with config.json (architecture), relative to the spec.")
@@ -185,6 +222,8 @@ class CheckpointSchedule(Base):
 
 class Training(Base):
     """Train the model in-spec from a seeded initialisation, saving checkpoints on a schedule."""
+
+    KEYED = ("optimizer", "lr", "momentum", "weight_decay", "steps", "batch_size")  # not log_every, checkpoints
 
     optimizer: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="Optimizer.")
     lr: float = Field(default=0.05, gt=0, description="Learning rate.")
@@ -242,10 +281,14 @@ class LoadedCheckpoints(Base):
 
 
 class InductionRule(Base):
+    KEYED = ("kind",)
+
     kind: Literal["induction"] = Field(description="The bigram (t[k-1], t[k]) occurred earlier in the context.")
 
 
 class RegexRule(Base):
+    KEYED = ("kind", "pattern")
+
     kind: Literal["regex"] = Field(description="Decoded token text matches a regex (left context visible).")
     pattern: str = Field(min_length=1, description="Python regex, searched from the token's first character.")
 
@@ -262,16 +305,22 @@ class RegexRule(Base):
 
 
 class TokenIdsRule(Base):
+    KEYED = ("kind", "ids")
+
     kind: Literal["token_ids"] = Field(description="Token id in a list.")
     ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="Token ids.")
 
 
 class PositionsRule(Base):
+    KEYED = ("kind", "positions")
+
     kind: Literal["positions"] = Field(description="Token at given positions of the window.")
     positions: list[int] = Field(min_length=1, description="Positions 1..T-1 (negative: from the end).")
 
 
 class PythonRule(Base):
+    KEYED = ("kind", "factory")
+
     kind: Literal["python"] = Field(description="User predicate: tokens [n, T] -> bool mask [n, T].")
     factory: str = Field(pattern=FACTORY_PATTERN, description="Import path 'package.module:function'.")
 
@@ -283,6 +332,8 @@ TokenRule = Annotated[
 
 class TokenClasses(Base):
     """Named token classes applied to every tracked token (of the token a loss position predicts)."""
+
+    KEYED = ("structural", "induction", "rules", "remainder")
 
     structural: Literal["default", "none"] = Field(
         default="default",
@@ -299,12 +350,29 @@ class TokenClasses(Base):
 class Observable(Base):
     """A sample set whose per-sample losses are recorded at every SGLD draw."""
 
+    KEYED = ("name", "data")
+
     name: str = Field(pattern=NAME_PATTERN, description="Name used by analyses and in SQL.")
     data: str = Field(default="train", description="'train' or the name of a query set of the data.")
 
 
 class Sampler(Base):
     """SGLD / RMSProp-SGLD around each checkpoint (SCIENCE.md §2)."""
+
+    KEYED = (
+        "method",
+        "eps",
+        "gamma",
+        "chains",
+        "draws",
+        "burn_in",
+        "steps_between_draws",
+        "noise_level",
+        "weight_decay",
+        "rmsprop_alpha",
+        "rmsprop_eps",
+        "precision",
+    )  # nbeta and batch_size enter resolved (stages/sample.py)
 
     method: Literal["sgld", "rmsprop_sgld"] = Field(default="sgld", description="Sampler update rule.")
     eps: float = Field(default=1e-5, gt=0, le=1, description="Step size ε.")
@@ -336,123 +404,10 @@ class Sampler(Base):
         return self
 
 
-class BifAnalysis(Base):
-    """BIF = -Cov(l_source, l_target) and -Corr over pooled draws (negative = helpful)."""
+# The analysis kinds' spec models live with their kinds (sbif_dsl/stages/<kind>.py); ANALYSES lists them once.
+from ..stages.kinds import ANALYSES, ANALYSIS  # noqa: E402 - after the models the stage modules need
 
-    kind: Literal["bif"] = Field(description="Bayesian influence function.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'bif').")
-    source: str = Field(default="train", description="Observable whose samples exert influence.")
-    target: str | None = Field(default=None, description="Observable influenced (default: source).")
-    normalize: Literal["none", "pearson"] = Field(
-        default="pearson", description="Which value fills the `value` column: -Cov (none) or -Corr (pearson)."
-    )
-
-
-class LlcAnalysis(Base):
-    """Local learning coefficient per checkpoint and chain (SCIENCE.md §3)."""
-
-    kind: Literal["llc"] = Field(description="Local learning coefficient.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'llc').")
-
-
-class LossKernelAnalysis(Base):
-    """Loss kernel: Cov and Corr of an observable's losses with themselves (positive sign)."""
-
-    kind: Literal["loss_kernel"] = Field(description="Loss kernel (arXiv 2509.26537).")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="train", description="Observable to correlate with itself.")
-
-
-class ClassBifAnalysis(Base):
-    """Token-level BIF aggregated to class × class in memory linear in tokens (SCIENCE.md §1)."""
-
-    kind: Literal["class_bif"] = Field(description="Class × class token influence.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="query", description="Observable with per-token losses.")
-
-
-class TokenBifAnalysis(Base):
-    """Token × token BIF for a slice the user names (quadratic: keep it small)."""
-
-    kind: Literal["token_bif"] = Field(description="Token × token influence over a slice.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="query", description="Observable with per-token losses.")
-    sequences: list[str] = Field(min_length=1, max_length=64, description="Sample names of the sequences.")
-    positions: list[Annotated[int, Field(ge=0)]] | None = Field(
-        default=None, max_length=4096, description="Loss positions to keep (default: all)."
-    )
-
-
-class InductionScoreAnalysis(Base):
-    """Induction score per checkpoint on repeated random token blocks (SCIENCE.md §6); needs no sampling."""
-
-    kind: Literal["induction_score"] = Field(description="Prefix-matching attention score, max over heads.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    seq_len: int | None = Field(default=None, ge=4, description="Two copies of a block (default: the context).")
-    n_seqs: int = Field(default=32, ge=1, le=4096, description="Random sequences.")
-
-
-class ClassLossAnalysis(Base):
-    """Mean next-token loss per token class at each checkpoint."""
-
-    kind: Literal["class_loss"] = Field(description="Per-class loss curve.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="query", description="Observable whose tokens are scored.")
-
-
-class LooAnalysis(Base):
-    """Leave-one-out retraining, the ground truth for the BIF (SCIENCE.md §5): Δ_ij(t) = l_j^D(t) − l_j^{D∖i}(t).
-
-    Needs a study trained in-spec: each left-out sample i is retrained from the same initial weights with the
-    same optimizer and schedule on D∖i, once through all checkpoint steps. Negative Δ = i helps j (as the BIF).
-    """
-
-    kind: Literal["loo"] = Field(description="Leave-one-out retraining (ground truth for the BIF).")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'loo').")
-    left_out: list[str] | None = Field(
-        default=None, min_length=1, description="Training samples to leave out, by name (default: every one)."
-    )
-    target: str = Field(default="train", description="Observable whose samples' losses Δ is measured on.")
-    normalization: Literal["n", "n_minus_1"] = Field(
-        default="n",
-        description="Training loss without i. n: (1/n)·Σ_{k≠i} l_k, i's term removed and every other sample keeping "
-        "its weight 1/n: the perturbation the BIF linearizes. n_minus_1: the mean over the n−1 remaining samples, "
-        "which also raises every other weight by n/(n−1) (a larger effective learning rate: transitions come earlier).",
-    )
-
-
-class AgreementAnalysis(Base):
-    """How well a BIF analysis agrees with a LOO analysis: Pearson, Spearman and sign agreement, per checkpoint
-    and over all checkpoints (the `agreement` view). Off-diagonal pairs (i ≠ j) only by default: the self-influence
-    BIF(i, i) = −Var(l_i) < 0 and Δ_ii < 0 agree in sign by construction and sit on their own magnitude scale, so
-    they would distort the statistics without testing any influence between different samples
-    (stages/agreement.py)."""
-
-    kind: Literal["agreement"] = Field(description="BIF vs leave-one-out agreement (computed in SQL).")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'agreement').")
-    bif: str = Field(default="bif", description="Name of the bif analysis to compare.")
-    loo: str = Field(default="loo", description="Name of the loo analysis to compare.")
-    value: Literal["bif_cov", "bif_corr"] = Field(
-        default="bif_cov",
-        description="BIF column compared with Δ: -Cov (bif_cov, keeps each checkpoint's magnitude, as Δ does) or "
-        "-Corr (bif_corr).",
-    )
-    diagonal: bool = Field(default=False, description="Also compare self-influence pairs (i = j).")
-
-
-SAMPLED_KINDS = ("bif", "llc", "loss_kernel", "class_bif", "token_bif")
-Analysis = Annotated[
-    BifAnalysis
-    | LlcAnalysis
-    | LossKernelAnalysis
-    | ClassBifAnalysis
-    | TokenBifAnalysis
-    | InductionScoreAnalysis
-    | ClassLossAnalysis
-    | LooAnalysis
-    | AgreementAnalysis,
-    Field(discriminator="kind"),
-]
+Analysis = Annotated[Union[tuple(k.spec for k in ANALYSES)], Field(discriminator="kind")]  # noqa: UP007
 
 
 def analysis_name(a: Any) -> str:
@@ -528,7 +483,7 @@ class Study(Base):
     )
     sampler: Sampler = Field(default_factory=Sampler, description="SGLD settings.")
     analyses: list[Analysis] = Field(
-        default_factory=lambda: [BifAnalysis(kind="bif"), LlcAnalysis(kind="llc")],
+        default_factory=lambda: [ANALYSIS["bif"].spec(kind="bif"), ANALYSIS["llc"].spec(kind="llc")],
         description="Analyses per checkpoint.",
     )
     token_classes: TokenClasses | None = Field(

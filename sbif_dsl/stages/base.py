@@ -11,13 +11,24 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..hashing import stage_key
-from ..spec import LoadedSpec
-from ..store import StageOutput
+
+if TYPE_CHECKING:
+    from ..spec import LoadedSpec
 
 __all__ = ["Inputs", "Stage", "StageMeta", "StageOutput", "WorkerContext"]
+
+
+@dataclass
+class StageOutput:
+    """What a run returns: rows per result table (column -> sequence), artifact files written to the run's folder,
+    and what was measured where it ran (kept in the stage's provenance, never in a key or an artifact)."""
+
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
+    artifacts: dict[str, Path] = field(default_factory=dict)
+    measured: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,7 +52,7 @@ class Stage:
     # A stage the run may start from (training resumes from an earlier checkpoint). Resolved like an input but
     # not keyed: the result is bitwise the same from any start point (tested), so it is chosen at plan time.
     warm_start: str | None = None
-    runner: str = ""  # which run function (stages.RUNNERS); default: the kind
+    runner: str = ""  # which kind's run (stages/kinds.py); default: the kind
     key: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -71,7 +82,7 @@ class WorkerContext:
     """What a run may know besides its params and inputs: the validated spec (for building the data and model the
     spec describes, and its folder for `kind: python` code and data files) and the CPU threads it was given."""
 
-    spec: LoadedSpec
+    spec: LoadedSpec  # noqa: F821 - imported for type checking only
     dataset_digest: str  # the data the plan was keyed with: a worker whose spec folder differs must not run
     threads: int | None = None  # None: the process's default
 

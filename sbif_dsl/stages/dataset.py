@@ -5,15 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from .base import Inputs, Stage, StageMeta, StageOutput
-
-VERSION = 1
+from .kind import Kind, Table, View
 
 
 def build(rt) -> Stage:
     return Stage(
         kind="dataset",
-        version=VERSION,
-        params={"data": rt.study.data.model_dump(mode="json"), "content": rt.dataset_digest},
+        version=KIND.version,
+        params={"data": rt.study.data.key_params(), "content": rt.dataset_digest},
         inputs=(),
         meta=StageMeta(label="dataset"),
     )
@@ -26,3 +25,20 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         rows["sample_idx"] += list(range(len(s)))
         rows["sample_name"] += list(s.names)
     return StageOutput(tables={"r_samples": rows})
+
+
+KIND = Kind(
+    name="dataset",
+    version=2,  # 2: keyed on the data block's declared fields
+    run="sbif_dsl.stages.dataset:run",
+    tables=(Table("r_samples", "data_set VARCHAR, sample_idx INTEGER, sample_name VARCHAR"),),
+    views=(
+        View(
+            "samples",
+            """
+        SELECT ss.study, s.data_set, s.sample_idx, s.sample_name
+        FROM {scope} JOIN r_samples s ON s.key = sr.key""",
+            "samples of each data set (train and query sets)",
+        ),
+    ),
+)

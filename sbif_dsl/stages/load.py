@@ -10,14 +10,10 @@ import glob
 import re
 from pathlib import Path
 
-import torch
-
 from ..errors import UsageError
 from ..hashing import canonical_json, file_sha256, sha256_hex
-from ..runtime import load_state, save_blob, state_digest
 from .base import Inputs, Stage, StageMeta, StageOutput
-
-VERSION = 2  # 2: the weights are stored as the stage's state.pt artifact
+from .kind import Kind
 
 
 def discover(rt) -> list[tuple[int, Path]]:
@@ -52,7 +48,7 @@ def build(rt, dataset_key: str) -> list[Stage]:
         Stage(
             kind="checkpoint",
             runner="load",
-            version=VERSION,
+            version=KIND.version,
             params={"weights_file_sha256": _content_hash(path), "step": step},
             inputs=(),
             meta=StageMeta(step=step, label=f"load step {step}", source=str(path)),
@@ -61,7 +57,9 @@ def build(rt, dataset_key: str) -> list[Stage]:
     ]
 
 
-def read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_weights(path: Path) -> dict:
+    from ..runtime import load_state
+
     if path.is_dir():  # a Hugging Face revision folder
         from ..models.hf import hf_state
 
@@ -70,6 +68,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    from ..runtime import save_blob, state_digest
+
     path = Path(stage.meta.source)
     if _content_hash(path) != stage.params["weights_file_sha256"]:
         raise UsageError(f"{path}: the file changed since the plan was made; hint: run again")
@@ -94,3 +94,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         },
         artifacts={"state.pt": out_dir / "state.pt"},
     )
+
+
+# Writes the train kind's r_checkpoints rows (one checkpoint table, whichever way the weights came).
+KIND = Kind(name="load", version=2, run="sbif_dsl.stages.load:run", model=True)  # 2: weights stored as state.pt

@@ -1,7 +1,8 @@
 """Sample stage: SGLD chains around one checkpoint, recording every tracked sample's loss at every draw.
 
-Traces are stored as one Parquet artifact (long format, readable by the `loss_traces` view); the
-minibatch losses feed the LLC.
+Traces are stored as one Parquet artifact (long format, read by the `loss_traces` view and by every analysis over
+draws, through `stages/traces.py`); the minibatch losses feed the LLC. The spec's sampler block is converted once,
+here at plan time, into the run-time config the stage's params hold (nβ and the minibatch resolved).
 """
 
 from __future__ import annotations
@@ -9,34 +10,32 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-import torch
-
-from ..errors import NonFiniteError
 from ..hashing import derive_seed
-from ..runtime import default_nbeta, load_state
-from ..sampling import SGLDConfig, run_chains
 from .base import Inputs, Stage, StageMeta, StageOutput
+from .kind import Kind, Table, View
 
-VERSION = 3  # 3: device in the key is the spec's; batch losses are an artifact; no wall time in summary.json
+RMSPROP_FIELDS = ("rmsprop_alpha", "rmsprop_eps")  # keyed only for the method that uses them
 
 
-def sampler_config(rt, sampler=None) -> SGLDConfig:
-    """The run-time SGLD config of a spec sampler block (default: the study's): nβ and the batch resolved."""
+def sampler_config(rt, sampler=None) -> dict:
+    """The run-time SGLD config (`SGLDConfig` fields) of a spec sampler block (default: the study's)."""
+    from ..sampling import default_nbeta
+
     s = sampler if sampler is not None else rt.study.sampler
     n_train = len(rt.dataset.train)
     batch = min(s.batch_size or n_train, n_train)
-    fields = s.model_dump(exclude={"nbeta", "batch_size"})
-    return SGLDConfig(**fields, nbeta=s.nbeta or default_nbeta(batch), batch_size=batch)
+    cfg = {**s.key_params(), "nbeta": s.nbeta or default_nbeta(batch), "batch_size": batch}
+    if cfg["method"] != "rmsprop_sgld":
+        for name in RMSPROP_FIELDS:
+            cfg.pop(name)
+    return cfg
 
 
-def sampling_params(rt, checkpoint: Stage, cfg: SGLDConfig) -> dict:
+def sampling_params(rt, checkpoint: Stage, cfg: dict) -> dict:
     """What a set of chains at a checkpoint depends on besides its inputs (shared with calibration, whose grid
     point with the spec's own sampler reproduces the sample stage's chains)."""
     return {
-        "sampler": dict(cfg.__dict__),
+        "sampler": cfg,
         "seed": derive_seed(rt.study.seed, "sample", checkpoint.key),
         "dtype": rt.study.dtype,
         "device": rt.study.device,
@@ -44,25 +43,24 @@ def sampling_params(rt, checkpoint: Stage, cfg: SGLDConfig) -> dict:
 
 
 def build(rt, checkpoint: Stage, dataset_key: str) -> Stage:
-    observables = [o.model_dump(mode="json") for o in rt.study.observables]
     return Stage(
         kind="sample",
-        version=VERSION,
-        params={**sampling_params(rt, checkpoint, sampler_config(rt)), "observables": observables},
+        version=KIND.version,
+        params={
+            **sampling_params(rt, checkpoint, sampler_config(rt)),
+            "observables": [o.key_params() for o in rt.study.observables],
+        },
         inputs=(checkpoint.key, dataset_key),
         meta=StageMeta(step=checkpoint.step, parent=checkpoint.key, label=f"sample at step {checkpoint.step}"),
     )
 
 
-def module_at(rt, stage: Stage, inputs: Inputs):
-    """The spec's model with the weights of the stage's checkpoint input (its first input)."""
-    module = rt.new_module()
-    module.load_state_dict(load_state(inputs.file(stage.inputs[0], "state.pt")))
-    return module
-
-
-def _write_traces(path: Path, traces: dict[str, np.ndarray]) -> None:
+def _write_traces(path: Path, traces: dict) -> None:
     """Long format in (chain, draw, sample, pos) order, so reading back is a reshape."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     parts = []
     for obs, arr in traces.items():
         arr4 = arr if arr.ndim == 4 else arr[..., None]  # (chains, draws, n, T)
@@ -83,9 +81,33 @@ def _write_traces(path: Path, traces: dict[str, np.ndarray]) -> None:
     pq.write_table(pa.concat_tables(parts), path, compression="zstd")
 
 
+def _mixing_rows(traces: dict) -> dict:
+    """Per observable and chain: lag-1 autocorrelation and AR(1) effective draws of the mean tracked loss."""
+    import numpy as np
+
+    from ..sampling.mixing import ar1_mixing
+
+    rows: dict[str, list] = {"observable": [], "chain": [], "draws": [], "lag1_autocorr": [], "ess_ar1": []}
+    for obs, arr in traces.items():
+        c, d = arr.shape[:2]
+        rho, ess = ar1_mixing(arr.reshape(c, d, -1).astype(np.float64).mean(axis=2))  # of (chains, draws)
+        rows["observable"] += [obs] * c
+        rows["chain"] += list(range(c))
+        rows["draws"] += [d] * c
+        rows["lag1_autocorr"] += [float(v) if np.isfinite(v) else None for v in rho]
+        rows["ess_ar1"] += [float(v) if np.isfinite(v) else None for v in ess]
+    return rows
+
+
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    import numpy as np
+    import torch
+
+    from ..errors import NonFiniteError
+    from ..sampling import SGLDConfig, run_chains
+
     p = stage.params
-    module = module_at(rt, stage, inputs)
+    module = rt.module_at(inputs.file(stage.inputs[0], "state.pt"))
     rt.check_loss_contract(module)
     params0 = {k: v.detach() for k, v in module.named_parameters()}
     sets = rt.dataset.sets()
@@ -120,32 +142,41 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         tables={
             "r_tracked": tracked_rows,
             "r_batch_losses": {"chain": chain.ravel(), "draw": draw.ravel(), "loss": bl.ravel()},
+            "r_trace_mixing": _mixing_rows(traces),
         },
         artifacts={name: out_dir / name for name in ("traces.parquet", "summary.json", "batch_losses.npy")},
         measured={"sampling_wall_s": res.wall_s},
     )
 
 
-def read_traces(inputs: Inputs, sample_key: str) -> dict[str, torch.Tensor]:
-    """Traces of a sample stage input as {observable: (chains, draws, n[, T])}."""
-    shapes = read_summary(inputs, sample_key)["shapes"]
-    table = pq.read_table(inputs.file(sample_key, "traces.parquet"), columns=["observable", "loss"])
-    obs = table.column("observable").to_numpy()
-    loss = table.column("loss").to_numpy()
-    out, offset = {}, 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape))
-        if size and not (obs[offset : offset + size] == name).all():
-            raise ValueError(f"traces of stage {sample_key[:12]} are not in the order their summary gives")
-        out[name] = torch.from_numpy(loss[offset : offset + size].reshape(shape).copy())
-        offset += size
-    return out
-
-
-def read_summary(inputs: Inputs, sample_key: str) -> dict:
-    return json.loads(inputs.file(sample_key, "summary.json").read_text())
-
-
-def read_batch_losses(inputs: Inputs, sample_key: str) -> torch.Tensor:
-    """(chains, draws) minibatch losses of a sample stage input (the LLC's input)."""
-    return torch.from_numpy(np.load(inputs.file(sample_key, "batch_losses.npy")))
+KIND = Kind(
+    name="sample",
+    # 4: keyed sampler fields declared by the spec (rmsprop settings only for rmsprop_sgld), trace mixing computed
+    # here; 3: device in the key is the spec's, batch losses are an artifact, no wall time in summary.json
+    version=4,
+    run="sbif_dsl.stages.sample:run",
+    model=True,
+    tables=(
+        Table("r_tracked", "observable VARCHAR, data_set VARCHAR, sample_idx INTEGER, sample_name VARCHAR"),
+        Table("r_batch_losses", "chain INTEGER, draw INTEGER, loss DOUBLE"),
+        Table(
+            "r_trace_mixing", "observable VARCHAR, chain INTEGER, draws INTEGER, lag1_autocorr DOUBLE, ess_ar1 DOUBLE"
+        ),
+    ),
+    views=(
+        View(
+            "batch_losses",
+            """
+        SELECT ss.study, sr.step, b.chain, b.draw, b.loss
+        FROM {scope} JOIN r_batch_losses b ON b.key = sr.key""",
+            "SGLD minibatch loss per checkpoint, chain and draw (the LLC's input)",
+        ),
+        View(
+            "trace_mixing",
+            """
+        SELECT ss.study, sr.step, m.observable, m.chain, m.draws, m.lag1_autocorr, m.ess_ar1
+        FROM {scope} JOIN r_trace_mixing m ON m.key = sr.key""",
+            "per chain: lag-1 autocorrelation of an observable's mean loss over draws, AR(1) effective draws",
+        ),
+    ),
+)

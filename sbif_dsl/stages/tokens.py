@@ -9,22 +9,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from .. import factories
-from ..runtime import save_blob
-from ..spec.models import TokenClasses
 from .base import Inputs, Stage, StageMeta, StageOutput
+from .kind import Kind, Table, View
 
-VERSION = 2  # 2: masks are an artifact
 
+def effective_classes(study):
+    from ..spec.models import TokenClasses
 
-def effective_classes(study) -> TokenClasses:
     return study.token_classes or TokenClasses()
 
 
-def rules(spec: TokenClasses, base_dir) -> dict:
+def rules(spec, base_dir) -> dict:
     """Class name -> rule object, in a stable order: induction, structural, then the spec's own rules."""
     from ..tokens import classes as tc
 
@@ -52,8 +48,22 @@ def is_token_set(rt, data_set: str) -> bool:
     return x.dim() == 2 and not x.is_floating_point()
 
 
-def read_masks(inputs: Inputs, tokens_key: str, data_set: str) -> tuple[list[str], torch.Tensor]:
+def observable_token_set(rt, observable: str) -> str:
+    """The data set of an observable that class/token analyses read: it must hold token sequences."""
+    from ..errors import UsageError
+
+    data_set = next(o.data for o in rt.study.observables if o.name == observable)
+    if not is_token_set(rt, data_set):
+        raise UsageError(
+            f"observable {observable!r} does not hold token sequences; class/token analyses need a language dataset"
+        )
+    return data_set
+
+
+def read_masks(inputs: Inputs, tokens_key: str, data_set: str):
     """(class names, masks [classes, n, T-1]) of one data set, from a token-classes stage input."""
+    import torch
+
     blob = torch.load(inputs.file(tokens_key, "masks.pt"), map_location="cpu", weights_only=True)
     if data_set not in blob:
         raise KeyError(f"internal: token classes {tokens_key[:12]} hold no masks of data set {data_set!r}")
@@ -70,9 +80,9 @@ def build(rt, dataset_key: str) -> Stage:
     data_sets = sorted({o.data for o in rt.study.observables if is_token_set(rt, o.data)})
     return Stage(
         kind="token_classes",
-        version=VERSION,
+        version=KIND.version,
         params={
-            "classes": spec.model_dump(mode="json"),
+            "classes": spec.key_params(),
             "code": code,
             "data_sets": data_sets,
             "tokenizer": getattr(rt.tokenizer, "name", "byte"),
@@ -83,6 +93,10 @@ def build(rt, dataset_key: str) -> Stage:
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    import numpy as np
+
+    from ..runtime import save_blob
+    from ..spec.models import TokenClasses
     from ..tokens.classes import class_masks
 
     spec = TokenClasses.model_validate(stage.params["classes"])
@@ -121,3 +135,29 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     return StageOutput(
         tables={"r_tokens": tok_rows, "r_token_classes": cls_rows}, artifacts={"masks.pt": out_dir / "masks.pt"}
     )
+
+
+KIND = Kind(
+    name="token_classes",
+    version=3,  # 3: keyed on the token-classes block's declared fields; 2: masks are an artifact
+    run="sbif_dsl.stages.tokens:run",
+    tables=(
+        Table("r_tokens", "data_set VARCHAR, sample_idx INTEGER, pos INTEGER, token_id BIGINT, token_text VARCHAR"),
+        Table("r_token_classes", "data_set VARCHAR, sample_idx INTEGER, pos INTEGER, class VARCHAR"),
+    ),
+    views=(
+        View(
+            "tokens",
+            """
+        SELECT ss.study, t.data_set, t.sample_idx, s.sample_name, t.pos, t.token_id, t.token_text,
+               list(c.class ORDER BY c.class) FILTER (c.class IS NOT NULL) AS classes
+        FROM {scope} JOIN r_tokens t ON t.key = sr.key
+        JOIN r_samples s ON s.key = json_extract_string(sr.inputs, '$[0]')
+                        AND s.data_set = t.data_set AND s.sample_idx = t.sample_idx
+        LEFT JOIN r_token_classes c ON c.key = t.key AND c.data_set = t.data_set
+                                   AND c.sample_idx = t.sample_idx AND c.pos = t.pos
+        GROUP BY ALL""",
+            "every tracked token (pos s = the token that loss position s predicts) with its text and classes",
+        ),
+    ),
+)

@@ -12,23 +12,20 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
-import torch
-
 from ..hashing import canonical_json, derive_seed, sha256_hex
-from ..runtime import save_blob, state_digest
 from .base import Inputs, Stage, StageMeta, StageOutput
+from .kind import Kind, Table, View
 
-VERSION = 2  # 2: device in the key is the spec's (auto/cpu/cuda), not where it ran; resume is a declared input
+CURVE_POINTS = 100_000  # the training curve records the batch loss of every step, or of every k-th past this
 
 
 def lineage_fields(rt) -> dict:
     """Everything that determines the weights at any step (not which steps are saved)."""
     study = rt.study
-    training = study.training.model_dump(mode="json", exclude={"checkpoints"})
     return {
-        "model": study.model.model_dump(mode="json"),
+        "model": study.model.key_params(),
         "model_code": rt.model_fingerprint(),
-        "training": training,
+        "training": study.training.key_params(),
         "seed": study.seed,
         "dtype": study.dtype,
         "device": study.device,
@@ -54,7 +51,7 @@ def build(rt, dataset_key: str, cached_checkpoints) -> list[Stage]:
             Stage(
                 kind="checkpoint",
                 runner="train",
-                version=VERSION,
+                version=KIND.version,
                 params={**fields, "step": step},
                 inputs=(dataset_key,),
                 meta=StageMeta(step=step, label=f"train to step {step}"),
@@ -65,30 +62,23 @@ def build(rt, dataset_key: str, cached_checkpoints) -> list[Stage]:
 
 
 def _optimizer(params, training):
+    import torch
+
     if training.optimizer == "sgd":
         return torch.optim.SGD(params, lr=training.lr, momentum=training.momentum, weight_decay=training.weight_decay)
     cls = torch.optim.Adam if training.optimizer == "adam" else torch.optim.AdamW
     return cls(params, lr=training.lr, weight_decay=training.weight_decay)
 
 
-def _full_loss(rt, module, loss) -> float:
-    s = rt.dataset.train
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(s), 1024):
-            out = loss(module(rt.on_device(s.inputs[i : i + 1024])), rt.on_device(s.targets[i : i + 1024]))
-            total += float(out.sum())
-            count += out.numel()
-    return total / count
-
-
 def training_settings(fields: dict) -> SimpleNamespace:
-    """The keyed training block as attributes (optimizer, lr, batch_size, steps, log_every, ...)."""
+    """The keyed training block as attributes (optimizer, lr, momentum, weight_decay, steps, batch_size)."""
     return SimpleNamespace(**fields["training"])
 
 
 def start_training(rt, fields: dict):
     """Step-0 state of a lineage's training run: seeded initial weights, fresh optimizer, batch generator."""
+    import torch
+
     module = rt.new_module(init_seed=derive_seed(fields["seed"], "init"))
     rt.check_loss_contract(module)
     opt = _optimizer(module.parameters(), training_settings(fields))
@@ -96,12 +86,17 @@ def start_training(rt, fields: dict):
     return module, opt, gen
 
 
-def train_segment(module, opt, gen, x_all, y_all, loss, training, start: int, stop: int, progress=None):
+def train_segment(
+    module, opt, gen, x_all, y_all, loss, training, start: int, stop: int, progress=None, progress_every: int = 100
+):
     """Optimizer steps start..stop-1 on (x_all, y_all), minibatches drawn from `gen` (full batch: the mean loss
     over all given samples). Shared by checkpoint training and leave-one-out retraining (stages/loo.py), so
-    both follow exactly the same schedule. Returns the logged (steps, batch losses)."""
+    both follow exactly the same schedule. Returns the recorded (steps, batch losses): every step's, or every k-th
+    past CURVE_POINTS steps (a function of the keyed schedule, so the curve is part of the checkpoint's result)."""
+    import torch
+
     n = x_all.shape[0]
-    every = training.log_every or max(1, training.steps // 1000)
+    every = -(-training.steps // CURVE_POINTS)
     curve_steps, curve_losses = [], []
     perm, pos = None, n
     for step in range(start, stop):
@@ -120,12 +115,16 @@ def train_segment(module, opt, gen, x_all, y_all, loss, training, start: int, st
         opt.zero_grad(set_to_none=True)
         batch_loss.backward()
         opt.step()
-        if progress and (step - start) % 100 == 0:
+        if progress and (step - start) % progress_every == 0:
             progress(step - start, stop - start)
     return curve_steps, curve_losses
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    import torch
+
+    from ..runtime import save_blob, state_digest
+
     fields, target = stage.params, stage.params["step"]
     lineage = lineage_of(fields, stage.inputs[0])
     module, opt, gen = start_training(rt, fields)
@@ -141,11 +140,12 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
     data, loss = rt.dataset.train, rt.dataset.loss
     x_all, y_all = rt.on_device(data.inputs), rt.on_device(data.targets)
+    every = rt.study.training.log_every or 100  # progress cadence only: logging, never in a key
     curve_steps, curve_losses = train_segment(
-        module, opt, gen, x_all, y_all, loss, training_settings(fields), start, target, progress
+        module, opt, gen, x_all, y_all, loss, training_settings(fields), start, target, progress, every
     )
 
-    final_loss = _full_loss(rt, module, loss)
+    final_loss = float(rt.losses(module, data, loss).to(torch.float64).mean())
     if not torch.isfinite(torch.tensor(final_loss)):
         from ..errors import SbifError
 
@@ -153,8 +153,6 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     model_state = {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
     blob = {"model": model_state, "optimizer": opt.state_dict(), "generator": gen.get_state(), "step": target}
     save_blob(blob, out_dir / "state.pt")
-    curve_steps.append(target)
-    curve_losses.append(torch.tensor(final_loss))
     return StageOutput(
         tables={
             "r_checkpoints": {
@@ -167,8 +165,42 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
             "r_training_curve": {
                 "lineage": [lineage] * len(curve_steps),
                 "step": curve_steps,
-                "loss": [float(v) for v in torch.stack(curve_losses).cpu()],
+                "loss": [float(v) for v in torch.stack(curve_losses).cpu()] if curve_losses else [],
             },
         },
         artifacts={"state.pt": out_dir / "state.pt"},
     )
+
+
+KIND = Kind(
+    name="train",
+    # 3: keyed on the spec's declared fields (training.log_every is logging only); the curve records every step
+    # 2: device in the key is the spec's (auto/cpu/cuda), not where it ran; resume is a declared input
+    version=3,
+    run="sbif_dsl.stages.train:run",
+    model=True,
+    tables=(
+        Table(
+            "r_checkpoints",
+            "step BIGINT, weights_sha256 VARCHAR, source VARCHAR, lineage VARCHAR, train_loss DOUBLE",
+        ),
+        Table("r_training_curve", "lineage VARCHAR, step BIGINT, loss DOUBLE"),
+    ),
+    views=(
+        View(
+            "checkpoints",
+            """
+        SELECT ss.study, c.step, sr.key, c.weights_sha256, c.source, c.train_loss
+        FROM {scope} JOIN r_checkpoints c ON c.key = sr.key""",
+            "checkpoint steps with weight hashes and the full training loss at that step",
+        ),
+        View(
+            "training_curve",
+            """
+        SELECT ss.study, t.step, t.loss
+        FROM {scope} JOIN r_training_curve t ON t.key = sr.key
+        ORDER BY ss.study, t.step""",
+            "minibatch training loss at every optimizer step (every k-th past 100000 steps)",
+        ),
+    ),
+)

@@ -24,7 +24,8 @@ import pyarrow as pa
 
 from ..errors import CacheLockedError, SbifError
 from ..hashing import file_sha256
-from .schema import RESULT_TABLES, SCHEMA_VERSION, TABLES
+from ..stages.base import StageOutput
+from .schema import SCHEMA_VERSION, migrate, result_tables, tables_ddl
 from .views import create_views
 
 DEFAULT_CACHE = Path("cache/sbif.duckdb")
@@ -51,16 +52,6 @@ class StageRecord:
     device: str | None = None
     seed: int | None = None
     wall_s: float | None = None
-
-
-@dataclass
-class StageOutput:
-    """Rows per result table (column -> sequence), artifact files written to the run's folder, and what was
-    measured where it ran (kept in the stage's provenance, never in a key or an artifact)."""
-
-    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
-    artifacts: dict[str, Path] = field(default_factory=dict)
-    measured: dict[str, Any] = field(default_factory=dict)
 
 
 class Store:
@@ -128,7 +119,8 @@ class Store:
         self.objects.mkdir(parents=True, exist_ok=True)
         con = self._open(read_only=False)
         try:
-            con.execute(TABLES)
+            con.execute(tables_ddl())
+            migrate(con)
             row = con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
             if row is None:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
@@ -238,7 +230,19 @@ class Store:
     def add_to_study(self, study: str, keys: list[str]) -> None:
         """Add stages to a study's references without dropping the ones it has (calibration grids accumulate)."""
         with self.connect(views=False) as con:
-            con.executemany("INSERT OR IGNORE INTO study_stages VALUES (?, ?)", [[study, k] for k in sorted(set(keys))])
+            con.executemany(
+                "INSERT OR IGNORE INTO study_stages VALUES (?, ?, NULL)", [[study, k] for k in sorted(set(keys))]
+            )
+
+    def rows(self, table: str, keys: list[str], columns: list[str]) -> dict[str, dict]:
+        """key -> {column: value} of a result table with one row per stage (a stage's summary row)."""
+        if table not in {t.name for t in result_tables()}:
+            raise SbifError(f"internal: unknown result table {table}")
+        with self.connect(read_only=True, views=False) as con:
+            found = con.execute(
+                f"SELECT key, {', '.join(columns)} FROM {table} WHERE list_contains(?, key)", [list(keys)]
+            ).fetchall()
+        return {r[0]: dict(zip(columns, r[1:], strict=True)) for r in found}
 
     # ------------------------------------------------------------------ registry
 
@@ -270,6 +274,7 @@ class Store:
                 self._commit(con, rec, out)
 
     def _commit(self, con, rec: StageRecord, out: StageOutput) -> None:
+        known = {t.name for t in result_tables()}
         art_rows = []
         for name, tmp in out.artifacts.items():
             final = self.artifact_path(rec.key, name)
@@ -283,7 +288,7 @@ class Store:
             if con.execute("SELECT 1 FROM stage_registry WHERE key = ?", [rec.key]).fetchone() is not None:
                 self._delete_key(con, rec.key)
             for table, columns in out.tables.items():
-                if table not in RESULT_TABLES:
+                if table not in known:
                     raise SbifError(f"internal: unknown result table {table}")
                 n = len(next(iter(columns.values()))) if columns else 0
                 if n == 0:
@@ -329,17 +334,20 @@ class Store:
 
     @staticmethod
     def _delete_key(con, key: str) -> None:
-        for table in RESULT_TABLES:
+        for table in (t.name for t in result_tables()):
             con.execute(f"DELETE FROM {table} WHERE key = ?", [key])
         con.execute("DELETE FROM artifacts WHERE key = ?", [key])
         con.execute("DELETE FROM stage_registry WHERE key = ?", [key])
 
-    def set_study(self, study: str, keys: list[str], info: dict) -> None:
-        """Record which stages a study's current spec references (what views show and gc keeps)."""
+    def set_study(self, study: str, stages: dict[str, str | None], info: dict) -> None:
+        """Record which stages a study's current spec references (what views show and gc keeps): key -> the name of
+        the analysis the stage computes for this study (None for other stages)."""
         with self.connect(views=False) as con:
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM study_stages WHERE study = ?", [study])
-            con.executemany("INSERT INTO study_stages VALUES (?, ?)", [[study, k] for k in sorted(set(keys))])
+            con.executemany(
+                "INSERT INTO study_stages VALUES (?, ?, ?)", [[study, k, stages[k]] for k in sorted(stages)]
+            )
             con.execute("DELETE FROM study_registry WHERE study = ?", [study])
             con.execute(
                 "INSERT INTO study_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",

@@ -1,0 +1,106 @@
+"""`bif`: BIF(i, j) = −Cov(l_i, l_j) and −Corr over a checkpoint's pooled SGLD draws (SCIENCE.md §1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ..keyed import NAME_PATTERN, Base
+from .base import Inputs, Stage, StageOutput
+from .kind import AnalysisKind, Table, View
+from .traces import pairs, per_sample, read_traces
+
+
+class BifAnalysis(Base):
+    """BIF = -Cov(l_source, l_target) and -Corr over pooled draws (negative = helpful)."""
+
+    KEYED = ("source", "target", "normalize")
+
+    kind: Literal["bif"] = Field(description="Bayesian influence function.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'bif').")
+    source: str = Field(default="train", description="Observable whose samples exert influence.")
+    target: str | None = Field(default=None, description="Observable influenced (default: source).")
+    normalize: Literal["none", "pearson"] = Field(
+        default="pearson", description="Which value fills the `value` column: -Cov (none) or -Corr (pearson)."
+    )
+
+
+def write_matrices(path: Path, bif_cov, bif_corr) -> None:
+    """The (n, q) matrices as an artifact: what `cumulative_bif` and `agreement` read as inputs."""
+    import numpy as np
+
+    with open(path, "wb") as f:
+        np.savez(f, bif_cov=bif_cov, bif_corr=bif_corr)
+
+
+def read_matrices(inputs: Inputs, key: str) -> dict:
+    """{"bif_cov": (n, q), "bif_corr": (n, q)} of a bif (or cumulative_bif) stage input."""
+    import numpy as np
+
+    with np.load(inputs.file(key, "bif.npz")) as z:
+        return {name: z[name] for name in ("bif_cov", "bif_corr")}
+
+
+def bif_rows(source: str, target: str, bif_cov, bif_corr) -> dict:
+    """Rows of r_bif-shaped tables: one per (source, target) pair, row-major."""
+    i, j = pairs(*bif_cov.shape)
+    return {
+        "source_observable": [source] * i.size,
+        "source_idx": i,
+        "target_observable": [target] * i.size,
+        "target_idx": j,
+        "bif_cov": bif_cov.ravel(),
+        "bif_corr": bif_corr.ravel(),
+    }
+
+
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    from ..influence import bif_matrices
+
+    a = stage.params
+    traces = read_traces(inputs, stage.inputs[0])
+    source = a["source"]
+    target = a["target"] or source
+    neg_cov, neg_corr = bif_matrices(per_sample(traces[source]), per_sample(traces[target]))  # (n, q)
+    cov, corr = neg_cov.numpy(), neg_corr.numpy()
+    write_matrices(out_dir / "bif.npz", cov, corr)
+    rows = bif_rows(source, target, cov, corr)
+    return StageOutput(
+        tables={"r_bif": {**rows, "value": rows["bif_corr"] if a["normalize"] == "pearson" else rows["bif_cov"]}},
+        artifacts={"bif.npz": out_dir / "bif.npz"},
+    )
+
+
+KIND = AnalysisKind(
+    name="bif",
+    version=2,  # 2: keyed on its declared fields (the analysis name is no longer in the key); bif.npz artifact
+    run="sbif_dsl.stages.bif:run",
+    spec=BifAnalysis,
+    attach="sample",
+    references=("source", "target"),
+    tables=(
+        Table(
+            "r_bif",
+            "source_observable VARCHAR, source_idx INTEGER, target_observable VARCHAR, target_idx INTEGER, "
+            "bif_cov DOUBLE, bif_corr DOUBLE, value DOUBLE",
+        ),
+    ),
+    views=(
+        View(
+            "bif",
+            """
+        SELECT ss.study, sr.step, ss.analysis,
+               b.source_observable, b.source_idx, src.sample_name AS source,
+               b.target_observable, b.target_idx, tgt.sample_name AS target,
+               b.bif_cov, b.bif_corr, b.value
+        FROM {scope} JOIN r_bif b ON b.key = sr.key
+        JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.source_observable
+                          AND src.sample_idx = b.source_idx
+        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.target_observable
+                          AND tgt.sample_idx = b.target_idx""",
+            "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful)",
+        ),
+    ),
+)

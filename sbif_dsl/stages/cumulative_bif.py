@@ -1,0 +1,113 @@
+"""`cumulative_bif`: the BIF integrated along training, over the checkpoints up to t.
+
+Leave-one-out adds up the effect of removing a sample over all of training, while the BIF at a checkpoint is
+local to it. The cumulative BIF is the path integral of the local one over optimizer steps, by the trapezoid
+rule between checkpoint steps t_0 < ... < t_k (the segment before t_0 counts BIF(t_0)·t_0):
+
+    C_ij(t_k) = BIF_ij(t_0)·t_0 + Σ_{m=1..k} (BIF_ij(t_{m−1}) + BIF_ij(t_m))/2 · (t_m − t_{m−1})
+
+for both bif_cov and bif_corr. Sign as the BIF (negative = helpful). Its scale is steps × BIF, so compare it with
+LOO by correlation (`agreement` with `bif: <this analysis>`), not by value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ..keyed import NAME_PATTERN, Base
+from .base import Inputs, Stage, StageMeta, StageOutput
+from .bif import bif_rows, read_matrices, write_matrices
+from .kind import AnalysisKind, Table, View
+
+
+class CumulativeBifAnalysis(Base):
+    """The BIF of a `bif` analysis integrated over training steps up to each checkpoint (trapezoid rule)."""
+
+    KEYED = ()  # what it integrates is its inputs (the bif stages) and their steps
+
+    kind: Literal["cumulative_bif"] = Field(description="BIF integrated along training up to each checkpoint.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default the kind).")
+    bif: str = Field(default="bif", description="Name of the bif analysis to integrate.")
+
+
+def build(rt, analysis, index: int, plan) -> list[Stage]:
+    """One stage per checkpoint t_k, reading the bif stages at t_0..t_k."""
+    name = analysis.name or analysis.kind
+    bifs = sorted((s for s in plan.stages if s.kind == "bif" and s.analysis == analysis.bif), key=lambda s: s.step)
+    return [
+        Stage(
+            kind="cumulative_bif",
+            version=KIND.version,
+            params={
+                "steps": [s.step for s in bifs[: k + 1]],
+                "source": bif.params["source"],
+                "target": bif.params["target"] or bif.params["source"],
+            },
+            inputs=tuple(s.key for s in bifs[: k + 1]),
+            meta=StageMeta(step=bif.step, analysis=name, parent=bif.meta.parent, label=f"{name} up to {bif.step}"),
+        )
+        for k, bif in enumerate(bifs)
+    ]
+
+
+def problems(study, index: int, a) -> list:
+    ref = next((b for b in study.analyses if (b.name or b.kind) == a.bif), None)
+    if ref is None or ref.kind != "bif":
+        declared = [b.name or b.kind for b in study.analyses if b.kind == "bif"]
+        return [(("analyses", index, "bif"), f"no bif analysis named {a.bif!r}; bif analyses: {declared or '(none)'}")]
+    return []
+
+
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    steps = stage.params["steps"]
+    values = [read_matrices(inputs, key) for key in stage.inputs]  # per checkpoint {column: (n, q)}
+    total = {}
+    for col in ("bif_cov", "bif_corr"):
+        acc = values[0][col] * steps[0]  # (n, q)
+        for m in range(1, len(steps)):
+            acc = acc + (values[m - 1][col] + values[m][col]) / 2 * (steps[m] - steps[m - 1])
+        total[col] = acc
+    write_matrices(out_dir / "bif.npz", total["bif_cov"], total["bif_corr"])
+    return StageOutput(
+        tables={
+            "r_cumulative_bif": bif_rows(stage.params["source"], stage.params["target"], **total),
+        },
+        artifacts={"bif.npz": out_dir / "bif.npz"},
+    )
+
+
+KIND = AnalysisKind(
+    name="cumulative_bif",
+    version=1,
+    run="sbif_dsl.stages.cumulative_bif:run",
+    spec=CumulativeBifAnalysis,
+    attach="study",
+    build=build,
+    problems=problems,
+    tables=(
+        Table(
+            "r_cumulative_bif",
+            "source_observable VARCHAR, source_idx INTEGER, target_observable VARCHAR, target_idx INTEGER, "
+            "bif_cov DOUBLE, bif_corr DOUBLE",
+        ),
+    ),
+    views=(
+        View(
+            "cumulative_bif",
+            """
+        SELECT ss.study, sr.step, ss.analysis,
+               b.source_observable, b.source_idx, src.sample_name AS source,
+               b.target_observable, b.target_idx, tgt.sample_name AS target,
+               b.bif_cov, b.bif_corr
+        FROM {scope} JOIN r_cumulative_bif b ON b.key = sr.key
+        JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.source_observable
+                          AND src.sample_idx = b.source_idx
+        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.target_observable
+                          AND tgt.sample_idx = b.target_idx""",
+            "BIF integrated over training steps up to each checkpoint (trapezoid rule; sign as the BIF)",
+        ),
+    ),
+)

@@ -1,0 +1,65 @@
+"""`loss_kernel`: Cov and Corr of an observable's losses with themselves over the draws (positive sign)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ..keyed import NAME_PATTERN, Base
+from .base import Inputs, Stage, StageOutput
+from .kind import AnalysisKind, Table, View
+from .traces import pairs, per_sample, read_traces
+
+
+class LossKernelAnalysis(Base):
+    """Loss kernel: Cov and Corr of an observable's losses with themselves (positive sign)."""
+
+    KEYED = ("observable",)
+
+    kind: Literal["loss_kernel"] = Field(description="Loss kernel (arXiv 2509.26537).")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
+    observable: str = Field(default="train", description="Observable to correlate with itself.")
+
+
+def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
+    from ..influence import loss_kernel
+
+    observable = stage.params["observable"]
+    cov, corr = loss_kernel(per_sample(read_traces(inputs, stage.inputs[0])[observable]))
+    i, j = pairs(*cov.shape)
+    return StageOutput(
+        tables={
+            "r_loss_kernel": {
+                "observable": [observable] * i.size,
+                "i": i,
+                "j": j,
+                "cov": cov.numpy().ravel(),
+                "corr": corr.numpy().ravel(),
+            }
+        }
+    )
+
+
+KIND = AnalysisKind(
+    name="loss_kernel",
+    version=2,  # 2: keyed on its declared fields (no name)
+    run="sbif_dsl.stages.loss_kernel:run",
+    spec=LossKernelAnalysis,
+    attach="sample",
+    references=("observable",),
+    tables=(Table("r_loss_kernel", "observable VARCHAR, i INTEGER, j INTEGER, cov DOUBLE, corr DOUBLE"),),
+    views=(
+        View(
+            "loss_kernel",
+            """
+        SELECT ss.study, sr.step, ss.analysis, k.observable, k.i, a.sample_name AS a, k.j, b.sample_name AS b,
+               k.cov, k.corr
+        FROM {scope} JOIN r_loss_kernel k ON k.key = sr.key
+        JOIN r_tracked a ON a.key = sr.parent AND a.observable = k.observable AND a.sample_idx = k.i
+        JOIN r_tracked b ON b.key = sr.parent AND b.observable = k.observable AND b.sample_idx = k.j""",
+            "loss kernel per checkpoint: Cov and Corr of losses (positive sign)",
+        ),
+    ),
+)
