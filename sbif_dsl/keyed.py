@@ -5,7 +5,8 @@ Every field of a model that feeds a key is classified by the model itself (a tes
 - `KEYED`: the result depends on it; it is in the key.
 - `KEYED_IF_SET`: a result-affecting field added after caches existed: in the key only when it differs from its
   default, so adding it re-keys no existing stage.
-- anything else (names, labels, logging) is not in the key.
+- `UNKEYED`: names, labels, logging, and fields that enter a key in another form (resolved, or as the stages they
+  select): never in the key as written.
 
 `key_params()` is the conversion: called once, at plan time, its output is a stage's params.
 """
@@ -25,6 +26,7 @@ class Base(BaseModel):
 
     KEYED: ClassVar[tuple[str, ...] | None] = None  # None: this model is never part of a key
     KEYED_IF_SET: ClassVar[tuple[str, ...]] = ()
+    UNKEYED: ClassVar[tuple[str, ...]] = ("name", "kind")  # an analysis kind is its stage kind
 
     def key_params(self) -> dict[str, Any]:
         """The result-affecting fields as JSON values (nested models by their own KEYED fields)."""

@@ -129,43 +129,7 @@ class Runtime:
 
     @cached_property
     def dataset(self) -> Dataset:
-        data = self.study.data
-        if data.kind == "hierarchy":
-            return hierarchy_dataset(data.branching, data.features_per_level, data.names(), data.query_sets)
-        if data.kind == "synthetic_language":
-            from .data.language import make_language_dataset
-
-            try:
-                return make_language_dataset(
-                    n_train=data.n_train,
-                    n_query=data.n_query,
-                    context=data.context,
-                    seed=derive_seed(self.study.seed, "language"),
-                    **data.options(),
-                )
-            except ValueError as e:
-                raise UsageError(f"data (synthetic_language): {e}") from None
-        if data.kind == "text_files":
-            from .data.language import text_files_dataset
-
-            try:
-                return text_files_dataset(
-                    [str(self.resolve_path(p)) for p in data.paths],
-                    data.context,
-                    data.stride,
-                    self.tokenizer,
-                    query_fraction=data.query_fraction,
-                    max_windows=data.max_windows,
-                )
-            except (FileNotFoundError, ValueError) as e:
-                raise UsageError(f"data.paths: {e}") from None
-        origin = f"data factory {data.factory!r}"
-        fn = factories.resolve(data.factory, self.spec.base_dir)
-        try:
-            ds = fn(**data.options)
-        except TypeError as e:
-            raise ContractError(f"{origin} rejected options {sorted(data.options)}: {e}") from None
-        return check_dataset(ds, origin)
+        return DATA_BUILDERS[self.study.data.kind](self, self.study.data)
 
     @cached_property
     def dataset_digest(self) -> str:
@@ -204,37 +168,7 @@ class Runtime:
         return module.to(device=self.device, dtype=self.dtype)
 
     def _build_module(self, init_seed: int | None) -> nn.Module:
-        m = self.study.model
-        if m.kind == "deep_linear":
-            x, y = self.dataset.train.inputs, self.dataset.train.targets
-            module = DeepLinear([x.shape[1], *m.hidden, y.shape[1]], bias=m.bias)
-            if init_seed is not None:
-                module.init_gaussian(m.init_scale, torch.Generator().manual_seed(init_seed))
-        elif m.kind == "transformer":
-            from .models.transformer import Transformer
-
-            module = Transformer(
-                vocab_size=self.tokenizer.vocab_size,
-                n_layers=m.n_layers,
-                n_heads=m.n_heads,
-                d_model=m.d_model,
-                d_head=m.d_head,
-                context=self.dataset.train.inputs.shape[1],
-                mlp=m.mlp,
-                d_mlp=m.d_mlp,
-                positions=m.positions,
-                layer_norm=m.layer_norm,
-                init_std=m.init_std,
-            )
-        elif m.kind == "hf_causal_lm":
-            from .models.hf import hf_module
-
-            module = hf_module(self.resolve_path(m.path))
-        else:
-            origin = f"model factory {m.factory!r}"
-            fn = factories.resolve(m.factory, self.spec.base_dir)
-            module = check_module(fn(self.dataset, **m.options), origin)
-        return module
+        return MODEL_BUILDERS[self.study.model.kind](self, self.study.model, init_seed)
 
     def module_at(self, state_file: Path) -> nn.Module:
         """The spec's model with the weights of a checkpoint artifact (`state.pt`)."""
@@ -313,6 +247,108 @@ class Runtime:
             else platform.processor(),
         }
 
+
+# ----------------------------------------------------------------------------- data and model kinds
+# One builder per kind: (runtime, spec block[, init_seed]) -> the data / the module. Adding a kind = its spec model in
+# spec/models.py (the union) + a builder here.
+
+
+def _hierarchy_data(rt: Runtime, data) -> Dataset:
+    return hierarchy_dataset(data.branching, data.features_per_level, data.names(), data.query_sets)
+
+
+def _synthetic_language(rt: Runtime, data) -> Dataset:
+    from .data.language import make_language_dataset
+
+    try:
+        return make_language_dataset(
+            n_train=data.n_train,
+            n_query=data.n_query,
+            context=data.context,
+            seed=derive_seed(rt.study.seed, "language"),
+            **data.options(),
+        )
+    except ValueError as e:
+        raise UsageError(f"data (synthetic_language): {e}") from None
+
+
+def _text_files(rt: Runtime, data) -> Dataset:
+    from .data.language import text_files_dataset
+
+    try:
+        return text_files_dataset(
+            [str(rt.resolve_path(p)) for p in data.paths],
+            data.context,
+            data.stride,
+            rt.tokenizer,
+            query_fraction=data.query_fraction,
+            max_windows=data.max_windows,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        raise UsageError(f"data.paths: {e}") from None
+
+
+def _python_data(rt: Runtime, data) -> Dataset:
+    origin = f"data factory {data.factory!r}"
+    fn = factories.resolve(data.factory, rt.spec.base_dir)
+    try:
+        ds = fn(**data.options)
+    except TypeError as e:
+        raise ContractError(f"{origin} rejected options {sorted(data.options)}: {e}") from None
+    return check_dataset(ds, origin)
+
+
+DATA_BUILDERS: dict[str, Callable[..., Dataset]] = {
+    "hierarchy": _hierarchy_data,
+    "synthetic_language": _synthetic_language,
+    "text_files": _text_files,
+    "python": _python_data,
+}
+
+
+def _deep_linear(rt: Runtime, m, init_seed: int | None) -> nn.Module:
+    x, y = rt.dataset.train.inputs, rt.dataset.train.targets
+    module = DeepLinear([x.shape[1], *m.hidden, y.shape[1]], bias=m.bias)
+    if init_seed is not None:
+        module.init_gaussian(m.init_scale, torch.Generator().manual_seed(init_seed))
+    return module
+
+
+def _transformer(rt: Runtime, m, init_seed: int | None) -> nn.Module:
+    from .models.transformer import Transformer
+
+    return Transformer(
+        vocab_size=rt.tokenizer.vocab_size,
+        n_layers=m.n_layers,
+        n_heads=m.n_heads,
+        d_model=m.d_model,
+        d_head=m.d_head,
+        context=rt.dataset.train.inputs.shape[1],
+        mlp=m.mlp,
+        d_mlp=m.d_mlp,
+        positions=m.positions,
+        layer_norm=m.layer_norm,
+        init_std=m.init_std,
+    )
+
+
+def _hf_causal_lm(rt: Runtime, m, init_seed: int | None) -> nn.Module:
+    from .models.hf import hf_module
+
+    return hf_module(rt.resolve_path(m.path))
+
+
+def _python_model(rt: Runtime, m, init_seed: int | None) -> nn.Module:
+    fn = factories.resolve(m.factory, rt.spec.base_dir)
+    return check_module(fn(rt.dataset, **m.options), f"model factory {m.factory!r}")
+
+
+MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
+    "deep_linear": _deep_linear,
+    "transformer": _transformer,
+    "hf_causal_lm": _hf_causal_lm,
+    "python": _python_model,
+}
 
 _RUNTIMES: OrderedDict[str, Runtime] = OrderedDict()
 

@@ -9,7 +9,7 @@ import torch
 
 from sbif_dsl.errors import NonFiniteError
 from sbif_dsl.sampling import ChainResult, SGLDConfig, default_nbeta, llc_per_chain, run_chains, sgld_step
-from sbif_dsl.sampling.sgld import _first_nonfinite
+from sbif_dsl.sampling.buffers import first_nonfinite
 
 F64 = torch.float64
 
@@ -217,9 +217,9 @@ def test_first_nonfinite_names_earliest_draw_then_lowest_chain():
     bl[1, 7] = float("inf")
     tr[3, 5, 2, 1] = float("nan")
     tr[2, 5, 0, 0] = float("-inf")
-    assert _first_nonfinite(bl, [tr]) == (2, 5)
-    assert _first_nonfinite(bl, []) == (1, 7)
-    assert _first_nonfinite(torch.zeros(2, 3), [torch.zeros(2, 3, 4)]) is None
+    assert first_nonfinite(bl, [tr]) == (2, 5)
+    assert first_nonfinite(bl, []) == (1, 7)
+    assert first_nonfinite(torch.zeros(2, 3), [torch.zeros(2, 3, 4)]) is None
 
 
 # ----------------------------------------------------------------------------- LLC
@@ -246,8 +246,8 @@ def test_llc_of_regular_quadratic_is_half_the_dimension():
 def test_default_nbeta():
     assert default_nbeta(32) == pytest.approx(9.23, abs=0.01)
     assert default_nbeta(1000) == pytest.approx(144.8, abs=0.05)
-    with pytest.raises(ValueError):
-        default_nbeta(1)
+    assert default_nbeta(2) == pytest.approx(2 / math.log(2))
+    assert default_nbeta(1) == 1.0  # ln 1 = 0: the untempered posterior, not a division by zero
 
 
 def test_llc_per_chain_formula():

@@ -115,14 +115,16 @@ def test_vmap_or_loop_decision():
     assert decide(None, loss_fn, flat, train, 10_000, 0, 3, replicas=True, workers=2) == (False, True, 2)
 
 
-def test_draw_buffers_hand_out_views_of_the_host_buffers_in_blocks():
-    buf = DrawBuffers(2, 150, [(3,), (2, 4)], torch.float64, torch.device("cpu"))
-    blocks = list(buf.blocks())
-    assert [(b.start, b.size) for b in blocks] == [(0, 64), (64, 64), (128, 22)]
-    for b in blocks:
+@pytest.mark.parametrize("staged", [False, True])  # True: the accelerator's path, a reused block copied out
+def test_draw_buffers_fill_the_host_buffers_in_blocks(staged):
+    buf = DrawBuffers(2, 150, [(3,), (2, 4)], torch.float64, torch.device("cpu"), staged=staged)
+    blocks = []
+    for b in buf.blocks():
+        blocks.append((b.start, b.size))
         b.batch_losses.fill_(b.start)
         b.traces[1].fill_(-b.start)
         buf.keep(b)
+    assert blocks == [(0, 64), (64, 64), (128, 22)]
     assert buf.batch_losses.dtype == F64 and buf.traces[1].shape == (2, 150, 2, 4)
     assert float(buf.batch_losses[1, 130]) == 128 and float(buf.traces[1][0, 70, 1, 3]) == -64
     assert DrawBuffers(1, 3, [(5,)], torch.bfloat16, torch.device("cpu")).traces[0].dtype == torch.float32

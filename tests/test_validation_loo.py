@@ -232,7 +232,9 @@ def test_cache_from_before_the_loo_tables_stays_queryable(tmp_path):
     store.init()
     with store.connect(views=False) as con:
         con.execute("DROP TABLE r_loo; DROP TABLE r_agreement_stats; DROP TABLE study_stages")
-        con.execute("CREATE TABLE study_stages (study VARCHAR NOT NULL, key VARCHAR NOT NULL, PRIMARY KEY (study, key))")
+        con.execute(
+            "CREATE TABLE study_stages (study VARCHAR NOT NULL, key VARCHAR NOT NULL, PRIMARY KEY (study, key))"
+        )
     with store.connect(read_only=True) as con:
         assert con.execute("SELECT count(*) FROM agreement").fetchone() == (0,)
         assert con.execute("SELECT count(*) FROM bif").fetchone() == (0,)

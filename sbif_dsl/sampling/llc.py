@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
 
@@ -14,10 +12,3 @@ def llc_per_chain(batch_losses: Tensor, init_loss: float, nbeta: float) -> Tenso
     """
     # Lau et al.: λ̂(w*) = nβ · (E_p[L(w)] − L(w*))
     return nbeta * (batch_losses.mean(dim=1) - init_loss)  # (chains,)
-
-
-def default_nbeta(batch_size: int) -> float:
-    """nβ = B / ln B, the field's default inverse temperature for minibatch size B (32 → 9.23)."""
-    if batch_size < 2:
-        raise ValueError(f"default nbeta needs a batch size >= 2, got {batch_size}")
-    return batch_size / math.log(batch_size)

@@ -223,7 +223,8 @@ class CheckpointSchedule(Base):
 class Training(Base):
     """Train the model in-spec from a seeded initialisation, saving checkpoints on a schedule."""
 
-    KEYED = ("optimizer", "lr", "momentum", "weight_decay", "steps", "batch_size")  # not log_every, checkpoints
+    KEYED = ("optimizer", "lr", "momentum", "weight_decay", "steps", "batch_size")
+    UNKEYED = ("log_every", "checkpoints")  # logging; which steps exist (one stage each)
 
     optimizer: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="Optimizer.")
     lr: float = Field(default=0.05, gt=0, description="Learning rate.")
@@ -372,7 +373,8 @@ class Sampler(Base):
         "rmsprop_alpha",
         "rmsprop_eps",
         "precision",
-    )  # nbeta and batch_size enter resolved (stages/sample.py)
+    )
+    UNKEYED = ("nbeta", "batch_size")  # enter resolved (stages/sample.py: nβ = B/ln B, B capped at n)
 
     method: Literal["sgld", "rmsprop_sgld"] = Field(default="sgld", description="Sampler update rule.")
     eps: float = Field(default=1e-5, gt=0, le=1, description="Step size ε.")

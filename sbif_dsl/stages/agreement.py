@@ -39,7 +39,8 @@ class AgreementAnalysis(Base):
     they would distort the statistics without testing any influence between different samples
     (stages/agreement.py)."""
 
-    KEYED = ("value", "diagonal")  # which analyses it compares are its inputs
+    KEYED = ("value", "diagonal")
+    UNKEYED = ("name", "kind", "bif", "loo")  # what it compares: its inputs
 
     kind: Literal["agreement"] = Field(description="BIF vs leave-one-out agreement.")
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'agreement').")

@@ -26,7 +26,8 @@ from .kind import AnalysisKind, Table, View
 class CumulativeBifAnalysis(Base):
     """The BIF of a `bif` analysis integrated over training steps up to each checkpoint (trapezoid rule)."""
 
-    KEYED = ()  # what it integrates is its inputs (the bif stages) and their steps
+    KEYED = ()
+    UNKEYED = ("name", "kind", "bif")  # what it integrates: its inputs (the bif stages) and their steps
 
     kind: Literal["cumulative_bif"] = Field(description="BIF integrated along training up to each checkpoint.")
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default the kind).")

@@ -40,7 +40,8 @@ class LooAnalysis(Base):
     same optimizer and schedule on D∖i, once through all checkpoint steps. Negative Δ = i helps j (as the BIF).
     """
 
-    KEYED = ("normalization",)  # left_out chooses which stages exist; target is keyed as its data set
+    KEYED = ("normalization",)
+    UNKEYED = ("name", "kind", "left_out", "target")  # left_out: which stages exist; target: keyed as its data set
 
     kind: Literal["loo"] = Field(description="Leave-one-out retraining (ground truth for the BIF).")
     name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'loo').")

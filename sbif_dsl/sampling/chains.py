@@ -1,0 +1,95 @@
+"""The sampler: SGLD chains from a checkpoint, recording every tracked sample's loss at every draw.
+
+`run_chains` reads as the schedule: set up the chains (`kernel`), burn in, then draw in blocks (`buffers`), each
+draw recording the minibatch loss of the step that made it and the tracked losses after it (`evaluation`), and
+check each block for non-finite values. Python only walks the schedule; the host syncs once per block of draws.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..errors import NonFiniteError
+from .batches import step_samples
+from .buffers import DrawBuffers, first_nonfinite
+from .config import SGLDConfig
+from .evaluation import TrackedEvaluation, probe_tracked
+from .flat import FlatParams, ParamLossFn
+from .kernel import Progress, start_chains
+from .over_chains import vmap_or_loop, worker_pool
+
+
+@dataclass
+class ChainResult:
+    """What a run of chains leaves for the analyses: the traces for the BIF, the batch losses for the LLC."""
+
+    traces: list[Tensor]  # per tracked set: (chains, draws, n_i) or (chains, draws, n_i, T), CPU
+    batch_losses: Tensor  # (chains, draws) minibatch loss of the step that made each draw, pre-step w
+    init_loss: float  # mean loss over the full training set at w*
+    wall_s: float
+
+
+def run_chains(
+    loss_fn: ParamLossFn,
+    params0: dict[str, Tensor],
+    train: tuple[Tensor, Tensor],
+    tracked: list[tuple[Tensor, Tensor]],
+    cfg: SGLDConfig,
+    *,
+    seed: int,
+    eval_batch_size: int = 4096,
+    progress: Callable[[int, int], None] | None = None,
+    vectorize: bool | None = None,
+    replicate: Callable[[], ParamLossFn] | None = None,
+    workers: int | None = None,
+) -> ChainResult:
+    """Sample cfg.chains SGLD chains from w* = params0 and record every tracked sample's loss at every draw.
+
+    loss_fn(params, inputs, targets) -> [B] or [B, T] per-sample (per-token) losses for one set of params;
+    the minibatch loss L_batch is the mean of all its elements. Schedule: burn_in steps, then a draw after
+    every steps_between_draws steps, with the tracked losses evaluated at the post-step weights. Tracked sets
+    are evaluated without gradients in calls of at most eval_batch_size samples and a bounded number of loss
+    elements per chain (`evaluation`). vectorize: True = vmap over chains, False = loop over chains (the
+    automatic fallback when a model cannot be vmapped), None = choose per call site (`over_chains`).
+    cfg.precision "bfloat16" runs every loss_fn call under bfloat16 autocast (parameters, updates, init loss,
+    batch losses and traces stay float32; the loss_fn decides what autocast may touch). replicate() -> an
+    independent loss_fn (its own model replica) lets looped chains run on `workers` CPU threads (None: as many
+    as torch's intra-op threads, at most one per chain); chain c always runs on worker c mod W.
+    Raises NonFiniteError naming the first chain/draw at which a batch or tracked loss is NaN/Inf.
+    """
+    t_start = time.perf_counter()
+    if workers is not None and workers > 1 and replicate is None:
+        raise ValueError("workers > 1 needs replicate: one model replica per worker thread")
+    flat = FlatParams(params0, cfg.precision)
+    sets = probe_tracked(loss_fn, flat, tracked, eval_batch_size)
+    eval_flops = max((s.flops * s.chunk for s in sets), default=0)  # one evaluation call, per chain
+    batch = step_samples(cfg.batch_size, train[0].shape[0])  # samples in one step's minibatch
+    step_vec, eval_vec, n_workers = vmap_or_loop(
+        vectorize, loss_fn, flat, train, batch, eval_flops, cfg.chains, replicas=replicate is not None, workers=workers
+    )
+    with worker_pool(n_workers) as pool:
+        replicas = [replicate() for _ in range(n_workers - 1)]  # one model per extra worker thread
+        chains = start_chains(flat, [loss_fn, *replicas], train, cfg, seed=seed, vectorize=step_vec, workers=pool,
+                              eval_batch_size=eval_batch_size)  # fmt: skip
+        evaluate = TrackedEvaluation(sets, chains.losses, cfg.chains, eval_vec, pool)
+        buffers = DrawBuffers(cfg.chains, cfg.draws, [s.shape for s in sets], flat.dtype, flat.device)
+        clock = Progress(progress, cfg.total_steps)
+        for _ in range(cfg.burn_in):
+            chains.step()
+            clock.tick()
+        for block in buffers.blocks():
+            for j in range(block.size):
+                for _ in range(cfg.steps_between_draws):
+                    loss = chains.step()  # (chains,) at the pre-step weights
+                    clock.tick()
+                block.batch_losses[:, j] = loss
+                evaluate(chains.w, block.traces, j)  # at the post-step weights
+            bad = first_nonfinite(block.batch_losses, block.traces)
+            if bad is not None:
+                raise NonFiniteError(bad[0], block.start + bad[1])
+            buffers.keep(block)
+    return ChainResult(buffers.traces, buffers.batch_losses, chains.init_loss, time.perf_counter() - t_start)
