@@ -90,9 +90,7 @@ def test_two_node_cluster(tmp_path):
     spec = write_spec(tmp_path, TOY)
     local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
     sbif("run", str(spec), "--threads", "1", cache=local)
-    proc = run_isolated(
-        [sys.executable, "-m", "tests.ray_two_nodes", str(spec), str(ray_cache)], cwd=REPO, timeout=300
-    )
+    proc = run_isolated([sys.executable, "-m", "tests.ray_two_nodes", str(spec), str(ray_cache)], cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(summary["nodes"]) == 3 and set(summary["nodes"]) == {"127.0.0.1"}
