@@ -141,3 +141,77 @@ def test_the_spec_package_imports_no_torch_and_runs_nothing():
     code = "import sys, sbif_dsl.spec; print(sorted(m for m in ('torch', 'duckdb', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_spec_regex_rule_says_how_it_matches_and_its_default_keeps_old_keys():
+    from sbif_dsl.spec.models import TokenClasses
+    from sbif_dsl.stages.tokens import rules
+
+    def classes(**rule):
+        return TokenClasses(
+            structural="none", induction=False, rules={"d": {"kind": "regex", "pattern": "[0-9]", **rule}}
+        )
+
+    full = rules(classes(mode="fullmatch"), REPO)["d"]
+    search = rules(classes(), REPO)["d"]
+    assert full._hit("", "7") and not full._hit("", "7a") and search._hit("", "a7")
+    assert classes(mode="search").key_params() == classes().key_params()
+    assert (
+        "mode" not in classes().key_params()["rules"]["d"]
+        and classes(mode="match").key_params() != classes().key_params()
+    )
+
+
+def test_cumulative_bif_is_the_trapezoid_integral_of_its_inputs(tmp_path):
+    import numpy as np
+
+    from sbif_dsl.stages import cumulative_bif
+    from sbif_dsl.stages.base import Inputs, Stage
+    from sbif_dsl.stages.bif import read_matrices, write_matrices
+
+    rng = np.random.default_rng(0)
+    steps, files, values = [2, 5, 11], {}, []
+    for k in range(len(steps)):
+        cov, corr = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+        (tmp_path / f"b{k}").mkdir()
+        write_matrices(tmp_path / f"b{k}" / "bif.npz", cov, corr)
+        files[f"k{k}"] = {"bif.npz": tmp_path / f"b{k}" / "bif.npz"}
+        values.append(cov)
+    stage = Stage("cumulative_bif", 1, {"steps": steps, "source": "train", "target": "train"}, tuple(files))
+    out = cumulative_bif.run(stage, Inputs(files), None, tmp_path)
+    expect = values[0] * 2 + (values[0] + values[1]) / 2 * 3 + (values[1] + values[2]) / 2 * 6
+    np.testing.assert_allclose(out.tables["r_cumulative_bif"]["bif_cov"], expect.ravel(), rtol=1e-12)
+    assert np.allclose(read_matrices(Inputs({"c": {"bif.npz": out.artifacts["bif.npz"]}}), "c")["bif_cov"], expect)
+
+
+def test_every_view_is_bitwise_the_same_for_identical_runs(tmp_path):
+    """Statistics are computed in stages, not at query time (DuckDB's parallel sums vary in the last digits)."""
+    import polars as pl
+
+    from sbif_dsl.store import fetch_frame
+    from sbif_dsl.store.views import view_docs
+
+    from .conftest import sbif
+
+    spec = write_spec(tmp_path, TINY_SPEC + "  - {kind: loo}\n  - {kind: cumulative_bif}\n  - {kind: agreement}\n")
+    frames = []
+    for run in ("a", "b"):
+        cache = tmp_path / run / "sbif.duckdb"
+        sbif("run", str(spec), cache=cache)
+        with Store(cache).connect(read_only=True) as con:
+            frames.append(
+                {
+                    v: fetch_frame(con, f"SELECT * FROM {v}").drop(
+                        ["created_at", "wall_s", "updated_at", "spec_path", "threads", "host"], strict=False
+                    )
+                    for v in view_docs()
+                }
+            )
+    checked = 0
+    for view, a in frames[0].items():
+        b = frames[1][view]
+        if a.height:
+            checked += 1
+        a, b = a.sort(a.columns, nulls_last=True), b.sort(b.columns, nulls_last=True)
+        assert a.equals(b, null_equal=True), view
+    assert checked >= 12 and frames[0]["agreement"].height > 0 and pl.Float64 in frames[0]["agreement"].dtypes

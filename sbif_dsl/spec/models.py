@@ -289,9 +289,15 @@ class InductionRule(Base):
 
 class RegexRule(Base):
     KEYED = ("kind", "pattern")
+    KEYED_IF_SET = ("mode",)  # added after caches existed: the default keeps their keys
 
     kind: Literal["regex"] = Field(description="Decoded token text matches a regex (left context visible).")
-    pattern: str = Field(min_length=1, description="Python regex, searched from the token's first character.")
+    pattern: str = Field(min_length=1, description="Python regex, applied from the token's first character.")
+    mode: Literal["search", "match", "fullmatch"] = Field(
+        default="search",
+        description="search: anywhere in the token; match: at its start; fullmatch: the whole token "
+        "(as the built-in structural classes use them).",
+    )
 
     @field_validator("pattern")
     @classmethod

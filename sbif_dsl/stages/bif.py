@@ -73,6 +73,26 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     )
 
 
+PAIR_COLUMNS = (
+    "source_observable VARCHAR, source_idx INTEGER, target_observable VARCHAR, target_idx INTEGER, "
+    "bif_cov DOUBLE, bif_corr DOUBLE"
+)  # the columns of `bif_rows`
+
+
+def pair_view(table: str, extra: str = "") -> str:
+    """A view of an r_bif-shaped table with the samples' names (through the sample stage's tracked samples)."""
+    return f"""
+        SELECT ss.study, sr.step, ss.analysis,
+               b.source_observable, b.source_idx, src.sample_name AS source,
+               b.target_observable, b.target_idx, tgt.sample_name AS target,
+               b.bif_cov, b.bif_corr{extra}
+        FROM {{scope}} JOIN {table} b ON b.key = sr.key
+        JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.source_observable
+                          AND src.sample_idx = b.source_idx
+        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.target_observable
+                          AND tgt.sample_idx = b.target_idx"""
+
+
 KIND = AnalysisKind(
     name="bif",
     version=2,  # 2: keyed on its declared fields (the analysis name is no longer in the key); bif.npz artifact
@@ -80,26 +100,11 @@ KIND = AnalysisKind(
     spec=BifAnalysis,
     attach="sample",
     references=("source", "target"),
-    tables=(
-        Table(
-            "r_bif",
-            "source_observable VARCHAR, source_idx INTEGER, target_observable VARCHAR, target_idx INTEGER, "
-            "bif_cov DOUBLE, bif_corr DOUBLE, value DOUBLE",
-        ),
-    ),
+    tables=(Table("r_bif", PAIR_COLUMNS + ", value DOUBLE"),),
     views=(
         View(
             "bif",
-            """
-        SELECT ss.study, sr.step, ss.analysis,
-               b.source_observable, b.source_idx, src.sample_name AS source,
-               b.target_observable, b.target_idx, tgt.sample_name AS target,
-               b.bif_cov, b.bif_corr, b.value
-        FROM {scope} JOIN r_bif b ON b.key = sr.key
-        JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.source_observable
-                          AND src.sample_idx = b.source_idx
-        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.target_observable
-                          AND tgt.sample_idx = b.target_idx""",
+            pair_view("r_bif", ", b.value"),
             "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful)",
         ),
     ),

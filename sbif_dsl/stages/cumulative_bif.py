@@ -19,7 +19,7 @@ from pydantic import Field
 
 from ..keyed import NAME_PATTERN, Base
 from .base import Inputs, Stage, StageMeta, StageOutput
-from .bif import bif_rows, read_matrices, write_matrices
+from .bif import PAIR_COLUMNS, bif_rows, pair_view, read_matrices, write_matrices
 from .kind import AnalysisKind, Table, View
 
 
@@ -88,26 +88,11 @@ KIND = AnalysisKind(
     attach="study",
     build=build,
     problems=problems,
-    tables=(
-        Table(
-            "r_cumulative_bif",
-            "source_observable VARCHAR, source_idx INTEGER, target_observable VARCHAR, target_idx INTEGER, "
-            "bif_cov DOUBLE, bif_corr DOUBLE",
-        ),
-    ),
+    tables=(Table("r_cumulative_bif", PAIR_COLUMNS),),
     views=(
         View(
             "cumulative_bif",
-            """
-        SELECT ss.study, sr.step, ss.analysis,
-               b.source_observable, b.source_idx, src.sample_name AS source,
-               b.target_observable, b.target_idx, tgt.sample_name AS target,
-               b.bif_cov, b.bif_corr
-        FROM {scope} JOIN r_cumulative_bif b ON b.key = sr.key
-        JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.source_observable
-                          AND src.sample_idx = b.source_idx
-        JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.target_observable
-                          AND tgt.sample_idx = b.target_idx""",
+            pair_view("r_cumulative_bif"),
             "BIF integrated over training steps up to each checkpoint (trapezoid rule; sign as the BIF)",
         ),
     ),

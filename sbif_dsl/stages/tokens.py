@@ -29,17 +29,15 @@ def rules(spec, base_dir) -> dict:
         out["induction"] = tc.Induction()
     if spec.structural == "default":
         out.update(tc.STRUCTURAL_DEFAULT)
+    build = {  # spec rule -> the rule object it names, field for field
+        "induction": lambda r: tc.Induction(),
+        "regex": lambda r: tc.Regex(r.pattern, r.mode),
+        "token_ids": lambda r: tc.TokenIds(tuple(r.ids)),
+        "positions": lambda r: tc.Positions(tuple(r.positions)),
+        "python": lambda r: tc.Predicate(factories.resolve(r.factory, base_dir)),
+    }
     for name, r in spec.rules.items():
-        if r.kind == "induction":
-            out[name] = tc.Induction()
-        elif r.kind == "regex":
-            out[name] = tc.Regex(r.pattern)
-        elif r.kind == "token_ids":
-            out[name] = tc.TokenIds(tuple(r.ids))
-        elif r.kind == "positions":
-            out[name] = tc.Positions(tuple(r.positions))
-        else:
-            out[name] = tc.Predicate(factories.resolve(r.factory, base_dir))
+        out[name] = build[r.kind](r)
     return out
 
 
