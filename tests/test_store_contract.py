@@ -376,14 +376,8 @@ def test_gc_older_than_drops_old_stages_even_when_referenced(store):
         assert con.execute("SELECT key FROM study_stages").fetchall() == [(new.key,)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IsADirectoryError,
-    reason="Store.gc unlinks every path objects.glob('*/*/*') finds; a run interrupted while a stage runs (Ctrl-C, "
-    "kill) leaves objects/.staging/<key>-<pid>/<key>/<files> (LocalBackend's workdir/<stage key>/), so that path "
-    "is a folder and gc raises IsADirectoryError after dropping the registry rows, before removing any file",
-)
 def test_gc_cleans_up_after_a_run_killed_while_a_stage_ran(store):
+    """A run interrupted while a stage runs leaves objects/.staging/<key>-<pid>/<key>/<files>: gc removes it."""
     kept = make_stage("kept")
     commit(store, kept, {"a.bin": b"kept"})
     store.set_study("s", refs(kept.key), {})

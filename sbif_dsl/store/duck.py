@@ -393,8 +393,8 @@ class Store:
                 con.execute("COMMIT")
             live = {r[0] for r in con.execute("SELECT relpath FROM artifacts").fetchall()}
         if not dry_run:
-            for path in self.objects.glob("*/*/*"):
-                if str(path.relative_to(self.root)) not in live:
+            for path in self.objects.glob("*/*/*"):  # objects/<kk>/<key>/<name>; staging is removed below
+                if path.parts[-3] != ".staging" and str(path.relative_to(self.root)) not in live:
                     path.unlink(missing_ok=True)
             for d in list(self.objects.glob("*/*")) + list(self.objects.glob("*")):
                 if d.is_dir() and d.name != ".staging" and not any(d.iterdir()):
