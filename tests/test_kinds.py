@@ -36,12 +36,12 @@ GOLDEN = {
     "toy_hierarchy": (
         "dataset",
         "af92e068c4b3b44785f1e5d69d5f2fc08e16607c45a4085c41860ca2f2e81d47",
-        "accab9b6a90c947d069e149f9f0f824e14a45d6ddc79d7a98bdcd5e6600e5ec3",
+        "94b32c1305a39b3f4845766c66b4d2a90ebf3882452208235e53a80fa2cdfdfe",
     ),
     "lm": (
         "dataset",
         "0af4bc9554ad82fd0389be1c1c007a030ae6b4b87c7c7e45cdcc91d9609305d5",
-        "b920317006462e63e75a06f0b17850daa7029832139e40a7e1e1d4c2af7168da",
+        "10662a908af13aa6721c61573de895517878967e0037ebd376d43857222655dc",
     ),
 }
 
@@ -170,18 +170,25 @@ def test_cumulative_bif_is_the_trapezoid_integral_of_its_inputs(tmp_path):
     from sbif_dsl.stages.bif import read_matrices, write_matrices
 
     rng = np.random.default_rng(0)
-    steps, files, values = [2, 5, 11], {}, []
+    steps, files, values, ses = [2, 5, 11], {}, [], []
     for k in range(len(steps)):
-        cov, corr = rng.normal(size=(3, 2)), rng.normal(size=(3, 2))
+        cov, se = rng.normal(size=(3, 2)), rng.uniform(0.1, 1, size=(3, 2))
         (tmp_path / f"b{k}").mkdir()
-        write_matrices(tmp_path / f"b{k}" / "bif.npz", cov, corr)
+        write_matrices(tmp_path / f"b{k}" / "bif.npz", {"bif_cov": (cov, se, 7 - k), "bif_corr": (cov, se, 7 - k)})
         files[f"k{k}"] = {"bif.npz": tmp_path / f"b{k}" / "bif.npz"}
         values.append(cov)
+        ses.append(se)
     stage = Stage("cumulative_bif", 1, {"steps": steps, "source": "train", "target": "train"}, tuple(files))
     out = cumulative_bif.run(stage, Inputs(files), None, tmp_path)
-    expect = values[0] * 2 + (values[0] + values[1]) / 2 * 3 + (values[1] + values[2]) / 2 * 6
-    np.testing.assert_allclose(out.tables["r_cumulative_bif"]["bif_cov"], expect.ravel(), rtol=1e-12)
-    assert np.allclose(read_matrices(Inputs({"c": {"bif.npz": out.artifacts["bif.npz"]}}), "c")["bif_cov"], expect)
+    w = [2 + 3 / 2, 3 / 2 + 6 / 2, 6 / 2]  # t_0 before the first checkpoint, then trapezoids
+    expect = sum(wk * v for wk, v in zip(w, values))
+    expect_se = np.sqrt(sum((wk * s) ** 2 for wk, s in zip(w, ses)))
+    rows = out.tables["r_cumulative_bif"]
+    np.testing.assert_allclose(rows["bif_cov"], expect.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(rows["bif_cov_se"]), expect_se.ravel(), rtol=1e-12)
+    np.testing.assert_allclose(np.asarray(rows["bif_cov_hi"]) - rows["bif_cov"], 2.571 * expect_se.ravel(), rtol=1e-12)
+    theta, se, df = read_matrices(Inputs({"c": {"bif.npz": out.artifacts["bif.npz"]}}), "c")["bif_cov"]
+    assert np.allclose(theta, expect) and np.allclose(se, expect_se) and df == 5  # the fewest of 7, 6, 5
 
 
 def test_every_view_is_bitwise_the_same_for_identical_runs(tmp_path):

@@ -127,7 +127,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
     p = stage.params
     nb = len(p["bif_steps"])
-    bif = {step: read_matrices(inputs, key)[p["value"]] for step, key in zip(p["bif_steps"], stage.inputs[:nb])}
+    bif = {step: read_matrices(inputs, key)[p["value"]][0] for step, key in zip(p["bif_steps"], stage.inputs[:nb])}
     deltas = {i: np.load(inputs.file(key, "delta.npy")) for i, key in zip(p["left_out_idx"], stage.inputs[nb:])}
     at = {step: k for k, step in enumerate(p["loo_steps"])}
     src, tgt = p["source_names"], p["target_names"]

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from ..keyed import NAME_PATTERN, Base
 from .base import Inputs, Stage, StageOutput
-from .kind import AnalysisKind, Table, View
-from .traces import pairs, per_sample, read_traces
+from .kind import AnalysisKind, Table, View, estimate_columns
+from .traces import estimate_rows, pairs, per_sample, read_traces
 
 
 class BifAnalysis(Base):
@@ -27,46 +27,54 @@ class BifAnalysis(Base):
     )
 
 
-def write_matrices(path: Path, bif_cov, bif_corr) -> None:
-    """The (n, q) matrices as an artifact: what `cumulative_bif` and `agreement` read as inputs."""
+def write_matrices(path: Path, estimates: dict) -> None:
+    """The (n, q) estimates {name: (θ, SE, df)} as an artifact: what `cumulative_bif` and `agreement` read."""
     import numpy as np
 
+    arrays = {}
+    for name, (theta, se, df) in estimates.items():
+        arrays.update({name: np.asarray(theta), f"{name}_se": np.asarray(se), f"{name}_df": np.asarray(df)})
     with open(path, "wb") as f:
-        np.savez(f, bif_cov=bif_cov, bif_corr=bif_corr)
+        np.savez(f, **arrays)
 
 
 def read_matrices(inputs: Inputs, key: str) -> dict:
-    """{"bif_cov": (n, q), "bif_corr": (n, q)} of a bif (or cumulative_bif) stage input."""
+    """{"bif_cov": (θ, SE, df), "bif_corr": (θ, SE, df)} of a bif (or cumulative_bif) stage input, (n, q) each."""
     import numpy as np
 
     with np.load(inputs.file(key, "bif.npz")) as z:
-        return {name: z[name] for name in ("bif_cov", "bif_corr")}
+        return {n: (z[n], z[f"{n}_se"], int(z[f"{n}_df"])) for n in ("bif_cov", "bif_corr")}
 
 
-def bif_rows(source: str, target: str, bif_cov, bif_corr) -> dict:
-    """Rows of r_bif-shaped tables: one per (source, target) pair, row-major."""
-    i, j = pairs(*bif_cov.shape)
-    return {
+def bif_rows(source: str, target: str, estimates: dict) -> dict:
+    """Rows of r_bif-shaped tables: one per (source, target) pair, row-major, each estimate with its SE and 95%
+    interval."""
+    i, j = pairs(*next(iter(estimates.values()))[0].shape)
+    rows = {
         "source_observable": [source] * i.size,
         "source_idx": i,
         "target_observable": [target] * i.size,
         "target_idx": j,
-        "bif_cov": bif_cov.ravel(),
-        "bif_corr": bif_corr.ravel(),
     }
+    for name, (theta, se, df) in estimates.items():
+        rows.update(estimate_rows(name, theta, se, df))
+    return rows
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
     from ..influence import bif_matrices
+    from ..influence.uncertainty import jackknife
 
     a = stage.params
     traces = read_traces(inputs, stage.inputs[0])
     source = a["source"]
     target = a["target"] or source
-    neg_cov, neg_corr = bif_matrices(per_sample(traces[source]), per_sample(traces[target]))  # (n, q)
-    cov, corr = neg_cov.numpy(), neg_corr.numpy()
-    write_matrices(out_dir / "bif.npz", cov, corr)
-    rows = bif_rows(source, target, cov, corr)
+    (cov, cov_se, df), (corr, corr_se, _) = jackknife(
+        bif_matrices, per_sample(traces[source]), per_sample(traces[target])
+    )  # (n, q) each: -Cov, -Corr and their jackknife-over-chains SEs
+    estimates = {"bif_cov": (cov.numpy(), cov_se.numpy(), df), "bif_corr": (corr.numpy(), corr_se.numpy(), df)}
+    write_matrices(out_dir / "bif.npz", estimates)
+    rows = bif_rows(source, target, estimates)
     return StageOutput(
         tables={"r_bif": {**rows, "value": rows["bif_corr"] if a["normalize"] == "pearson" else rows["bif_cov"]}},
         artifacts={"bif.npz": out_dir / "bif.npz"},
@@ -75,8 +83,9 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
 PAIR_COLUMNS = (
     "source_observable VARCHAR, source_idx INTEGER, target_observable VARCHAR, target_idx INTEGER, "
-    "bif_cov DOUBLE, bif_corr DOUBLE"
+    + estimate_columns("bif_cov", "bif_corr")
 )  # the columns of `bif_rows`
+ESTIMATES = ", ".join(f"b.{n}{s}" for n in ("bif_cov", "bif_corr") for s in ("_se", "_lo", "_hi"))
 
 
 def pair_view(table: str, extra: str = "") -> str:
@@ -85,7 +94,7 @@ def pair_view(table: str, extra: str = "") -> str:
         SELECT ss.study, sr.step, ss.analysis,
                b.source_observable, b.source_idx, src.sample_name AS source,
                b.target_observable, b.target_idx, tgt.sample_name AS target,
-               b.bif_cov, b.bif_corr{extra}
+               b.bif_cov, b.bif_corr{extra}, {ESTIMATES}
         FROM {{scope}} JOIN {table} b ON b.key = sr.key
         JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.source_observable
                           AND src.sample_idx = b.source_idx
@@ -95,7 +104,8 @@ def pair_view(table: str, extra: str = "") -> str:
 
 KIND = AnalysisKind(
     name="bif",
-    version=2,  # 2: keyed on its declared fields (the analysis name is no longer in the key); bif.npz artifact
+    # 3: standard errors and 95% intervals (jackknife over chains); 2: keyed on its declared fields (no name)
+    version=3,
     run="sbif_dsl.stages.bif:run",
     spec=BifAnalysis,
     attach="sample",
@@ -105,7 +115,8 @@ KIND = AnalysisKind(
         View(
             "bif",
             pair_view("r_bif", ", b.value"),
-            "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful)",
+            "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful), each with "
+            "_se (jackknife over chains) and the 95% interval _lo.._hi",
         ),
     ),
 )

@@ -9,8 +9,8 @@ from pydantic import Field
 
 from ..keyed import NAME_PATTERN, Base
 from .base import Inputs, Stage, StageOutput
-from .kind import AnalysisKind, Table, View
-from .traces import read_traces
+from .kind import AnalysisKind, Table, View, estimate_columns
+from .traces import estimate_rows, read_traces
 
 
 class ClassBifAnalysis(Base):
@@ -34,13 +34,16 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     import numpy as np
 
     from ..influence import class_bif
+    from ..influence.uncertainty import jackknife
     from .tokens import read_masks
 
     observable = stage.params["observable"]
     trace = read_traces(inputs, stage.inputs[0])[observable]  # (chains, draws, n, T-1)
     names, masks = read_masks(inputs, stage.inputs[1], stage.params["data_set"])  # (classes, n, T-1)
-    c, d = trace.shape[:2]
-    neg_cov, neg_corr = class_bif(trace.reshape(c, d, -1), masks.reshape(len(names), -1))  # (classes, classes)
+    flat_masks = masks.reshape(len(names), -1)  # (classes, tokens)
+    (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
+        lambda t: class_bif(t.reshape(t.shape[0], t.shape[1], -1), flat_masks), trace
+    )  # (classes, classes) each
     sizes = masks.reshape(len(names), -1).sum(dim=1).tolist()
     i, j = (x.ravel() for x in np.indices((len(names), len(names))))
     return StageOutput(
@@ -49,8 +52,8 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
                 "observable": [observable] * i.size,
                 "source_class": [names[k] for k in i],
                 "target_class": [names[k] for k in j],
-                "bif_cov": neg_cov.numpy().ravel(),
-                "bif_corr": neg_corr.numpy().ravel(),
+                **estimate_rows("bif_cov", neg_cov, cov_se, df),
+                **estimate_rows("bif_corr", neg_corr, corr_se, df),
                 "n_source": [sizes[k] for k in i],
                 "n_target": [sizes[k] for k in j],
             }
@@ -60,7 +63,8 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
 KIND = AnalysisKind(
     name="class_bif",
-    version=3,  # 3: keyed on its declared fields (no name); 2: masks read from the token-classes input
+    # 4: standard errors and 95% intervals; 3: keyed on its declared fields (no name); 2: masks are an input
+    version=4,
     run="sbif_dsl.stages.class_bif:run",
     spec=ClassBifAnalysis,
     attach="sample",
@@ -70,8 +74,8 @@ KIND = AnalysisKind(
     tables=(
         Table(
             "r_class_bif",
-            "observable VARCHAR, source_class VARCHAR, target_class VARCHAR, bif_cov DOUBLE, bif_corr DOUBLE, "
-            "n_source BIGINT, n_target BIGINT",
+            "observable VARCHAR, source_class VARCHAR, target_class VARCHAR, n_source BIGINT, n_target BIGINT, "
+            + estimate_columns("bif_cov", "bif_corr"),
         ),
     ),
     views=(
@@ -79,9 +83,11 @@ KIND = AnalysisKind(
             "class_bif",
             """
         SELECT ss.study, sr.step, ss.analysis, b.observable, b.source_class, b.target_class, b.bif_cov, b.bif_corr,
-               b.n_source, b.n_target
+               b.n_source, b.n_target, b.bif_cov_se, b.bif_cov_lo, b.bif_cov_hi, b.bif_corr_se, b.bif_corr_lo,
+               b.bif_corr_hi
         FROM {scope} JOIN r_class_bif b ON b.key = sr.key""",
-            "class x class token influence per checkpoint: bif_cov = -Cov, bif_corr = -Corr (block means)",
+            "class x class token influence per checkpoint: bif_cov = -Cov, bif_corr = -Corr (block means), with _se "
+            "and 95% intervals _lo.._hi",
         ),
     ),
 )

@@ -6,8 +6,9 @@ rule between checkpoint steps t_0 < ... < t_k (the segment before t_0 counts BIF
 
     C_ij(t_k) = BIF_ij(t_0)·t_0 + Σ_{m=1..k} (BIF_ij(t_{m−1}) + BIF_ij(t_m))/2 · (t_m − t_{m−1})
 
-for both bif_cov and bif_corr. Sign as the BIF (negative = helpful). Its scale is steps × BIF, so compare it with
-LOO by correlation (`agreement` with `bif: <this analysis>`), not by value.
+for both bif_cov and bif_corr, with SE² = Σ w_j²·SE_j² (the checkpoints' chains are independent) and t intervals
+with the fewest degrees of freedom of its terms. Sign as the BIF (negative = helpful). Its scale is steps × BIF,
+so compare it with LOO by correlation (`agreement` with `bif: <this analysis>`), not by value.
 """
 
 from __future__ import annotations
@@ -62,27 +63,38 @@ def problems(study, index: int, a) -> list:
     return []
 
 
+def trapezoid_weights(steps: list[int]) -> list[float]:
+    """w_j with C(t_k) = Σ_j w_j·BIF(t_j): the trapezoid rule over steps t_0..t_k, plus BIF(t_0)·t_0 before t_0."""
+    w = [0.0] * len(steps)
+    w[0] = float(steps[0])
+    for m in range(1, len(steps)):
+        half = (steps[m] - steps[m - 1]) / 2
+        w[m - 1] += half
+        w[m] += half
+    return w
+
+
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
-    steps = stage.params["steps"]
-    values = [read_matrices(inputs, key) for key in stage.inputs]  # per checkpoint {column: (n, q)}
-    total = {}
+    import numpy as np
+
+    w = trapezoid_weights(stage.params["steps"])
+    values = [read_matrices(inputs, key) for key in stage.inputs]  # per checkpoint {column: (θ, SE, df)}
+    estimates = {}
     for col in ("bif_cov", "bif_corr"):
-        acc = values[0][col] * steps[0]  # (n, q)
-        for m in range(1, len(steps)):
-            acc = acc + (values[m - 1][col] + values[m][col]) / 2 * (steps[m] - steps[m - 1])
-        total[col] = acc
-    write_matrices(out_dir / "bif.npz", total["bif_cov"], total["bif_corr"])
+        theta = sum(wj * v[col][0] for wj, v in zip(w, values))  # (n, q)
+        # checkpoints are sampled by independent chains: their errors add in quadrature
+        se = np.sqrt(sum((wj * v[col][1]) ** 2 for wj, v in zip(w, values)))
+        estimates[col] = (theta, se, min(v[col][2] for v in values))  # df: the fewest (conservative)
+    write_matrices(out_dir / "bif.npz", estimates)
     return StageOutput(
-        tables={
-            "r_cumulative_bif": bif_rows(stage.params["source"], stage.params["target"], **total),
-        },
+        tables={"r_cumulative_bif": bif_rows(stage.params["source"], stage.params["target"], estimates)},
         artifacts={"bif.npz": out_dir / "bif.npz"},
     )
 
 
 KIND = AnalysisKind(
     name="cumulative_bif",
-    version=1,
+    version=2,  # 2: standard errors (from the bif stages', in quadrature) and 95% intervals
     run="sbif_dsl.stages.cumulative_bif:run",
     spec=CumulativeBifAnalysis,
     attach="study",

@@ -25,6 +25,15 @@ class Table:
     def ddl(self) -> str:
         return f"CREATE TABLE IF NOT EXISTS {self.name} (key VARCHAR, {self.columns})"
 
+    def column_types(self) -> list[tuple[str, str]]:
+        """[(column, DuckDB type)] (the types are single words: VARCHAR, DOUBLE, INTEGER, ...)."""
+        return [tuple(c.split()) for c in self.columns.split(",")]
+
+
+def estimate_columns(*names: str) -> str:
+    """DDL of estimates with their uncertainty: name, name_se, name_lo, name_hi (the 95% interval)."""
+    return ", ".join(f"{n} DOUBLE, {n}_se DOUBLE, {n}_lo DOUBLE, {n}_hi DOUBLE" for n in names)
+
 
 @dataclass(frozen=True)
 class View:

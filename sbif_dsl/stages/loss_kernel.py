@@ -9,8 +9,8 @@ from pydantic import Field
 
 from ..keyed import NAME_PATTERN, Base
 from .base import Inputs, Stage, StageOutput
-from .kind import AnalysisKind, Table, View
-from .traces import pairs, per_sample, read_traces
+from .kind import AnalysisKind, Table, View, estimate_columns
+from .traces import estimate_rows, pairs, per_sample, read_traces
 
 
 class LossKernelAnalysis(Base):
@@ -25,9 +25,12 @@ class LossKernelAnalysis(Base):
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
     from ..influence import loss_kernel
+    from ..influence.uncertainty import jackknife
 
     observable = stage.params["observable"]
-    cov, corr = loss_kernel(per_sample(read_traces(inputs, stage.inputs[0])[observable]))
+    (cov, cov_se, df), (corr, corr_se, _) = jackknife(
+        loss_kernel, per_sample(read_traces(inputs, stage.inputs[0])[observable])
+    )  # (n, n) each
     i, j = pairs(*cov.shape)
     return StageOutput(
         tables={
@@ -35,8 +38,8 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
                 "observable": [observable] * i.size,
                 "i": i,
                 "j": j,
-                "cov": cov.numpy().ravel(),
-                "corr": corr.numpy().ravel(),
+                **estimate_rows("cov", cov, cov_se, df),
+                **estimate_rows("corr", corr, corr_se, df),
             }
         }
     )
@@ -44,22 +47,22 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
 KIND = AnalysisKind(
     name="loss_kernel",
-    version=2,  # 2: keyed on its declared fields (no name)
+    version=3,  # 3: standard errors and 95% intervals; 2: keyed on its declared fields (no name)
     run="sbif_dsl.stages.loss_kernel:run",
     spec=LossKernelAnalysis,
     attach="sample",
     references=("observable",),
-    tables=(Table("r_loss_kernel", "observable VARCHAR, i INTEGER, j INTEGER, cov DOUBLE, corr DOUBLE"),),
+    tables=(Table("r_loss_kernel", "observable VARCHAR, i INTEGER, j INTEGER, " + estimate_columns("cov", "corr")),),
     views=(
         View(
             "loss_kernel",
             """
         SELECT ss.study, sr.step, ss.analysis, k.observable, k.i, a.sample_name AS a, k.j, b.sample_name AS b,
-               k.cov, k.corr
+               k.cov, k.corr, k.cov_se, k.cov_lo, k.cov_hi, k.corr_se, k.corr_lo, k.corr_hi
         FROM {scope} JOIN r_loss_kernel k ON k.key = sr.key
         JOIN r_tracked a ON a.key = sr.parent AND a.observable = k.observable AND a.sample_idx = k.i
         JOIN r_tracked b ON b.key = sr.parent AND b.observable = k.observable AND b.sample_idx = k.j""",
-            "loss kernel per checkpoint: Cov and Corr of losses (positive sign)",
+            "loss kernel per checkpoint: Cov and Corr of losses (positive sign), with _se and 95% intervals _lo.._hi",
         ),
     ),
 )

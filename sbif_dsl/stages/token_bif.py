@@ -10,8 +10,8 @@ from pydantic import Field
 from ..keyed import NAME_PATTERN, Base
 from .base import Inputs, Stage, StageOutput
 from .class_bif import token_set_params
-from .kind import AnalysisKind, Table, View
-from .traces import read_traces
+from .kind import AnalysisKind, Table, View, estimate_columns
+from .traces import estimate_rows, read_traces
 
 
 class TokenBifAnalysis(Base):
@@ -33,6 +33,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
     from ..errors import UsageError
     from ..influence import bif_matrices
+    from ..influence.uncertainty import jackknife
 
     a, data_set = stage.params, stage.params["data_set"]
     observable = a["observable"]
@@ -49,8 +50,9 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         raise UsageError(f"analysis {stage.analysis!r}: position {bad[0]} is outside 0..{n_pos - 1}")
     seqs = [index[s] for s in a["sequences"]]
     sl = trace[:, :, seqs][:, :, :, positions]  # (chains, draws, n_seq, n_pos)
-    c, d = sl.shape[:2]
-    neg_cov, neg_corr = bif_matrices(sl.reshape(c, d, -1), sl.reshape(c, d, -1))  # (k, k)
+    (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
+        lambda x: bif_matrices(x.reshape(*x.shape[:2], -1), x.reshape(*x.shape[:2], -1)), sl
+    )  # (k, k) each
     seq_idx = np.repeat(np.array(seqs, dtype=np.int32), len(positions))
     pos_idx = np.tile(np.array(positions, dtype=np.int32), len(seqs))
     i, j = (x.ravel() for x in np.indices(neg_cov.shape))
@@ -62,8 +64,8 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
                 "source_pos": pos_idx[i],
                 "target_idx": seq_idx[j],
                 "target_pos": pos_idx[j],
-                "bif_cov": neg_cov.numpy().ravel(),
-                "bif_corr": neg_corr.numpy().ravel(),
+                **estimate_rows("bif_cov", neg_cov, cov_se, df),
+                **estimate_rows("bif_corr", neg_corr, corr_se, df),
             }
         }
     )
@@ -71,7 +73,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
 KIND = AnalysisKind(
     name="token_bif",
-    version=2,  # 2: keyed on its declared fields (no name)
+    version=3,  # 3: standard errors and 95% intervals; 2: keyed on its declared fields (no name)
     run="sbif_dsl.stages.token_bif:run",
     spec=TokenBifAnalysis,
     attach="sample",
@@ -81,7 +83,7 @@ KIND = AnalysisKind(
         Table(
             "r_token_bif",
             "observable VARCHAR, source_idx INTEGER, source_pos INTEGER, target_idx INTEGER, target_pos INTEGER, "
-            "bif_cov DOUBLE, bif_corr DOUBLE",
+            + estimate_columns("bif_cov", "bif_corr"),
         ),
     ),
     views=(
@@ -90,7 +92,8 @@ KIND = AnalysisKind(
             """
         SELECT ss.study, sr.step, ss.analysis, b.observable,
                src.sample_name AS source, b.source_pos, b.target_pos, tgt.sample_name AS target,
-               b.bif_cov, b.bif_corr
+               b.bif_cov, b.bif_corr, b.bif_cov_se, b.bif_cov_lo, b.bif_cov_hi, b.bif_corr_se, b.bif_corr_lo,
+               b.bif_corr_hi
         FROM {scope} JOIN r_token_bif b ON b.key = sr.key
         JOIN r_tracked src ON src.key = sr.parent AND src.observable = b.observable AND src.sample_idx = b.source_idx
         JOIN r_tracked tgt ON tgt.key = sr.parent AND tgt.observable = b.observable

@@ -296,7 +296,7 @@ class Store:
                 arrow = pa.table(
                     {
                         "key": [rec.key] * n,
-                        **{c: list(v) if not hasattr(v, "dtype") else v for c, v in columns.items()},
+                        **{c: v if _is_array(v) else list(v) for c, v in columns.items()},
                     }
                 )
                 con.register("incoming", arrow)
@@ -418,6 +418,11 @@ class Store:
                     self._delete_key(con, key)
                 con.execute("COMMIT")
         return bad
+
+
+def _is_array(v) -> bool:
+    """Columns given as NumPy or Arrow arrays go to Arrow as they are (Arrow arrays keep their nulls)."""
+    return hasattr(v, "dtype") or isinstance(v, pa.Array)
 
 
 def fetch_frame(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None):

@@ -50,6 +50,10 @@ def tables_ddl() -> str:
 
 
 def migrate(con) -> None:
-    """Caches written before study_stages named the analysis get the column (empty: their views fall back to the
-    registry's name, see store/views.py)."""
+    """Bring an older cache's tables up to the declared ones: study_stages gains the analysis name (empty for old
+    rows: their views fall back to the registry's name, see store/views.py) and every result table gains the
+    columns its kind declares since (NULL in old rows; the kind's version bump recomputes those stages)."""
     con.execute("ALTER TABLE study_stages ADD COLUMN IF NOT EXISTS analysis VARCHAR")
+    for t in result_tables():
+        for name, sql_type in t.column_types():
+            con.execute(f"ALTER TABLE {t.name} ADD COLUMN IF NOT EXISTS {name} {sql_type}")
