@@ -168,7 +168,7 @@ def test_killed_driver_leaves_committed_stages_and_resumes(tmp_path):
     with duckdb.connect(str(ray_cache), read_only=True) as con:  # nothing half-written is registered
         for key, kind in con.execute("SELECT key, kind FROM stage_registry").fetchall():
             arts = con.execute("SELECT count(*) FROM artifacts WHERE key = ?", [key]).fetchone()[0]
-            assert arts == {"sample": 3, "checkpoint": 1}.get(kind, 0), kind
+            assert arts == {"sample": 3, "checkpoint": 1, "bif": 1, "loo": 1}.get(kind, 0), kind
     out = sbif_isolated("run", str(spec), "--executor", "ray", "--workers", "2", cache=ray_cache)
     assert f"{n_before} cached" in out.stdout
     assert_same_cache(local, ray_cache)

@@ -26,8 +26,8 @@ def _q(sql: str, cache) -> list[dict]:
 
 
 def test_bif_agrees_with_leave_one_out(demo_cache):
-    """Pearson(BIF −Cov, LOO Δ) over all 56 ordered pairs × 45 checkpoints >= 0.7 (measured: 0.730)."""
-    overall = _q("SELECT * FROM agreement WHERE scope = 'overall'", demo_cache)
+    """Pearson(BIF −Cov, LOO Δ) over all 56 ordered pairs × 45 checkpoints >= 0.7 (measured: 0.715)."""
+    overall = _q("SELECT * FROM agreement WHERE scope = 'overall' AND analysis = 'agreement'", demo_cache)
     assert len(overall) == 1
     row = overall[0]
     assert row["n_pairs"] == 56 * 45 and row["bif_value"] == "bif_cov"
@@ -35,7 +35,8 @@ def test_bif_agrees_with_leave_one_out(demo_cache):
     # where the LOO effects are large (the transitions), each checkpoint's pairs agree closely
     big = _q(
         """SELECT a.step, a.pearson FROM agreement a JOIN (SELECT step, stddev_pop(loo) AS s FROM agreement_pairs
-                GROUP BY step) p USING (step) WHERE a.scope = 'checkpoint' AND p.s > 0.2""",
+                WHERE analysis = 'agreement' GROUP BY step) p USING (step)
+           WHERE a.scope = 'checkpoint' AND a.analysis = 'agreement' AND p.s > 0.2""",
         demo_cache,
     )
     assert len(big) >= 5 and sorted(r["pearson"] for r in big)[len(big) // 2] > 0.9
