@@ -210,19 +210,58 @@ def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threa
     t0 = time.perf_counter()
     rt, store = _runtime(spec, overrides), _store(cache_path)
     progress = _Progress(quiet)
+    summary = None
     with store.writer(wait_s=wait_s):
         p = build_plan(rt, store)
         if not p.missing and not recompute:
             register_study(rt, store, p)
-            click.echo(f"nothing to compute: all {len(p.stages)} stages cached ({time.perf_counter() - t0:.2f}s)")
-            return
-        backend = _backend(executor, ray_address, workers, threads, store, progress.inner)
-        summary = execute(rt, store, p, recompute=recompute, report=progress.stage, backend=backend)
-    devices = ", ".join(sorted(summary.devices)) or "none"
-    click.echo(
-        f"done: ran {len(summary.ran)} stages, {summary.hits} cached, in {time.perf_counter() - t0:.1f}s "
-        f"(executor {executor}, device {devices}); cache {store.db_path}"
-    )
+        else:
+            backend = _backend(executor, ray_address, workers, threads, store, progress.inner)
+            summary = execute(rt, store, p, recompute=recompute, report=progress.stage, backend=backend)
+    if summary is None:
+        click.echo(f"nothing to compute: all {len(p.stages)} stages cached ({time.perf_counter() - t0:.2f}s)")
+    else:
+        devices = ", ".join(sorted(summary.devices)) or "none"
+        click.echo(
+            f"done: ran {len(summary.ran)} stages, {summary.hits} cached, in {time.perf_counter() - t0:.1f}s "
+            f"(executor {executor}, device {devices}); cache {store.db_path}"
+        )
+    for line in _screen_lines(rt.study, store, quiet):
+        click.echo(line)
+
+
+SHOWN_SCREENS = 10  # checkpoints listed by `sbif run`; the rest are counted
+
+
+def _screen_lines(study, store, quiet: bool) -> list[str]:
+    """The convergence screens of the study's checkpoints (the `diagnostics` view), judged with the spec's
+    `diagnostics:` thresholds: one line per checkpoint that is not ok, with a hint. A failing screen never fails
+    the run. Quiet: one line, only when something is flagged."""
+    from .sampling.screens import OK, Thresholds, hint, verdict
+    from .store import fetch_frame
+
+    with store.connect(read_only=True) as con:
+        rows = fetch_frame(con, "SELECT * FROM diagnostics WHERE study = ? ORDER BY step", [study.name]).to_dicts()
+    if not rows:
+        return []
+    thresholds = Thresholds.of(study.diagnostics)
+    by_step: dict[int, list[dict]] = {}
+    for r in rows:
+        by_step.setdefault(r["step"], []).append(r)
+    flagged = [(step, *verdict(rs, thresholds), hint(rs, thresholds)) for step, rs in by_step.items()]
+    flagged = [f for f in flagged if f[1] != OK]
+    if not flagged:
+        return [] if quiet else [f"screens: all {len(by_step)} checkpoints ok (view diagnostics)"]
+    steps = ", ".join(str(f[0]) for f in flagged)
+    head = f"screens: {len(flagged)} of {len(by_step)} checkpoints flagged (steps {steps}); view diagnostics"
+    if quiet:
+        return [head]
+    lines = [head] + [
+        f"  {level} at step {step}: {reason}. Hint: {what}" for step, level, reason, what in flagged[:SHOWN_SCREENS]
+    ]
+    if len(flagged) > SHOWN_SCREENS:
+        lines.append(f"  ... and {len(flagged) - SHOWN_SCREENS} more")
+    return lines
 
 
 @main.command()

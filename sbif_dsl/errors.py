@@ -1,5 +1,7 @@
 """Every exception a user can cause, in one place, so the CLI can map them to exit codes."""
 
+MAX_PROBLEM_CHARS = 2000  # one problem is one line of at most this many characters
+
 
 class SbifError(Exception):
     """Base class. `exit_code` is what the CLI returns."""
@@ -13,7 +15,7 @@ class SpecError(SbifError):
     exit_code = 2
 
     def __init__(self, problems: list[str]):
-        self.problems = list(problems)
+        self.problems = [one_line(p) for p in problems]
         super().__init__("\n".join(self.problems))
 
     def __reduce__(self):  # errors travel from Ray workers to the driver by pickle
@@ -53,3 +55,16 @@ class CacheLockedError(SbifError):
 
 class MissingResultsError(SbifError):
     """A report or query needs results that are not in the cache."""
+
+
+def one_line(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
+    """`text` as one printable line: control and other unprintable characters escaped, cut to `limit` characters
+    (a spec's bytes reach messages through field names and values; they must not break lines or drive a terminal)."""
+    text = str(text)
+    n = len(text)
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    if n > limit or len(text) > limit:
+        text = text[: limit - 40] + f"… ({n} characters in all)"
+    return text

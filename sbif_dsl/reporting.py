@@ -26,6 +26,9 @@ REPORT_VIEWS = [
     "class_bif",
     "induction_score",
     "class_loss",
+    "loo",
+    "agreement",
+    "agreement_pairs",
 ]
 
 
@@ -41,7 +44,8 @@ def _frames(con, study: str, bif_analysis: str | None) -> dict[str, pl.DataFrame
         if view == "bif" and bif_analysis:
             sql += " AND analysis = ?"
             params.append(bif_analysis)
-        frames[view] = fetch_frame(con, sql + (" ORDER BY step" if view not in ("studies", "stages") else ""), params)
+        order = {"studies": "", "stages": "", "agreement_pairs": " ORDER BY step, source_idx, target_idx"}
+        frames[view] = fetch_frame(con, sql + order.get(view, " ORDER BY step"), params)
     return frames
 
 

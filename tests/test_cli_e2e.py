@@ -13,6 +13,8 @@ import duckdb
 import numpy as np
 import pytest
 
+from sbif_dsl.store import Store
+
 from .conftest import REPO, TINY_SPEC, sbif, write_spec
 
 
@@ -127,12 +129,27 @@ def test_cache_ls_gc(tmp_path, tiny_spec, cache_path):
 
 def test_verify_detects_corrupt_artifact(tiny_spec, cache_path):
     sbif("run", str(tiny_spec), cache=cache_path)
-    victim = next((cache_path.parent / "objects").glob("*/*/traces.parquet"))
+    victim = next(Store(cache_path).objects.glob("*/*/traces.parquet"))
+    assert victim.parent.parent.parent == cache_path.parent / "sbif.objects"  # this cache's own folder
     victim.write_bytes(b"garbage")
     proc = sbif("cache", "verify", cache=cache_path, check=False)
     assert proc.returncode == 1 and "1 bad stages" in proc.stdout
     sbif("cache", "verify", "--fix", cache=cache_path)
     assert "ran 1 stages" in sbif("run", str(tiny_spec), cache=cache_path).stdout
+
+
+def test_run_recomputes_an_artifact_rewritten_in_place(tiny_spec, cache_path):
+    """Same size, other bytes: `sbif run` notices (no `cache verify` needed), recomputes that stage only, and the
+    queries read the recomputed traces."""
+    sbif("run", str(tiny_spec), cache=cache_path)
+    before = sbif("query", "SELECT count(*) AS n, sum(loss) AS s FROM loss_traces", cache=cache_path).stdout
+    victim = next(Store(cache_path).objects.glob("*/*/traces.parquet"))
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    assert "ran 1 stages" in sbif("run", str(tiny_spec), cache=cache_path).stdout
+    assert sbif("query", "SELECT count(*) AS n, sum(loss) AS s FROM loss_traces", cache=cache_path).stdout == before
+    assert sbif("cache", "verify", cache=cache_path).returncode == 0
 
 
 def test_bad_sql_is_exit_2(cache_path):

@@ -36,12 +36,12 @@ GOLDEN = {
     "toy_hierarchy": (
         "dataset",
         "af92e068c4b3b44785f1e5d69d5f2fc08e16607c45a4085c41860ca2f2e81d47",
-        "94b32c1305a39b3f4845766c66b4d2a90ebf3882452208235e53a80fa2cdfdfe",
+        "ffb9c47fe377daa5f00c26d91b0729290432ce665a7503aad87e3912b4e62097",
     ),
     "lm": (
         "dataset",
         "0af4bc9554ad82fd0389be1c1c007a030ae6b4b87c7c7e45cdcc91d9609305d5",
-        "10662a908af13aa6721c61573de895517878967e0037ebd376d43857222655dc",
+        "0ec2bed1be99fa6c18390b62ac4baec8444cad7e11751ee8e0264f7b68dd0c57",
     ),
 }
 

@@ -65,3 +65,30 @@ def test_report_changes_recompute_nothing(tmp_path, tiny_spec, cache_path):
     sbif("run", str(tiny_spec), cache=cache_path)
     edited = write_spec(tmp_path, TINY_SPEC + SECTIONS, "edited.yaml")
     assert "nothing to compute" in sbif("run", str(edited), cache=cache_path).stdout
+
+
+VALIDATION = """\
+  - kind: loo
+  - kind: agreement
+    bif: bif
+    loo: loo
+report:
+  pairs: [[item0, item1], [item0, item2]]
+"""
+
+
+def test_report_shows_intervals_significance_and_validation(tmp_path, cache_path):
+    """A real run with 95% intervals and a LOO ground truth: bands, the significance column and the BIF-vs-LOO
+    section reach the HTML, and every chart renders in Chromium."""
+    require_chromium()
+    spec = write_spec(tmp_path, TINY_SPEC + VALIDATION)
+    sbif("run", str(spec), cache=cache_path)
+    out = tmp_path / "v.html"
+    sbif("report", str(spec), "-o", str(out), cache=cache_path)
+    text = out.read_text()
+    assert "Validation: BIF vs leave-one-out" in text and "Pooled over all pairs and checkpoints" in text
+    assert '"field":"lo"' in text and '"field":"llc_lo"' in text  # the influence and LLC bands
+    assert "95% interval" in text
+    result = render(out)
+    assert result.errors == [] and result.warnings == [], (result.errors, result.warnings)
+    assert result.charts >= 6 and result.rendered == result.charts, result.missing

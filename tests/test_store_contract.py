@@ -289,12 +289,6 @@ def test_commit_all_is_one_transaction_per_stage(store):
     assert rows_of(store, second.key) == {} and rows_of(store, third.key) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Store._commit renames the new artifact files over the committed ones before its transaction starts; "
-    "when a recompute's commit then fails, the rollback keeps the old registry row and checksums, now "
-    "describing files with the new bytes: the key stays in complete_keys but fails verify/artifact_files",
-)
 def test_interrupted_recompute_keeps_the_committed_stage_intact(store):
     a = make_stage("a")
     commit(store, a, {"a.bin": b"first run"})
@@ -391,12 +385,6 @@ def test_gc_cleans_up_after_a_run_killed_while_a_stage_ran(store):
     assert store.artifact(kept.key, "a.bin", verify=True).read_bytes() == b"kept"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cache's objects folder is <folder of the .duckdb>/objects, so two cache files in one folder (e.g. "
-    "--cache cache/other.duckdb beside the default cache/sbif.duckdb, as the CLI's hints suggest) share it, and "
-    "gc of one deletes every artifact of the other as an orphan",
-)
 def test_gc_of_one_cache_keeps_the_files_of_another_cache_in_the_same_folder(store):
     other = Store(store.root / "other.duckdb")
     other.init()
@@ -439,8 +427,9 @@ def test_verify_reports_corrupt_and_missing_files_and_fix_drops_those_stages(sto
         store.artifact_files([corrupt.key])
     with pytest.raises(SbifError, match="is missing"):
         store.artifact(missing.key, "b.json")
-    # complete_keys promises presence only (it runs before every plan); checksums are verify's and the inputs'
-    assert store.complete_keys([clean.key, corrupt.key, missing.key]) == {clean.key, corrupt.key}
+    # a rewritten (same size, new bytes) or missing artifact makes its stage missing: a run recomputes it
+    assert store.complete_keys([clean.key, corrupt.key, missing.key]) == {clean.key}
+    assert set(store.damaged([clean.key, corrupt.key, missing.key])) == {corrupt.key, missing.key}
     assert rows_of(store, corrupt.key)  # verify without fix changes nothing
 
     assert store.verify(fix=True) == sorted([corrupt.key, missing.key])

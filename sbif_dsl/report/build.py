@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TypedDict, Unpack
@@ -12,7 +13,7 @@ import polars as pl
 from sbif_dsl.report import charts
 from sbif_dsl.report.detect import DetectParams, detect_events, detect_transitions, pairs_frame
 from sbif_dsl.report.html import Section, header_from_frames, render_report
-from sbif_dsl.report.tables import transitions_table
+from sbif_dsl.report.tables import Html, agreement_table, transitions_table
 
 DEFAULT_PAIRS = (("dog", "cat"), ("dog", "sparrow"), ("dog", "lily"))
 
@@ -75,6 +76,49 @@ def transition_steps(steps: Sequence[int], transitions: pl.DataFrame, k: int = 6
     return sorted(picked)
 
 
+def validation_section(
+    agreement: pl.DataFrame | None, agreement_pairs: pl.DataFrame | None, loo: pl.DataFrame | None = None
+) -> Section | None:
+    """BIF vs leave-one-out: per `agreement` analysis a scatter with a checkpoint slider, the agreement curve
+    and the pooled numbers (`agreement`, `agreement_pairs` views). A study with a `loo` analysis but no
+    agreement gets a note saying how to add one; neither: no section."""
+    names: list[str] = []
+    for df in (agreement, agreement_pairs):
+        if df is not None and "analysis" in df.columns:
+            names += [n for n in df["analysis"].unique(maintain_order=True).to_list() if n not in names]
+    title = "Validation: BIF vs leave-one-out"
+    note = (
+        "The leave-one-out (LOO) ground truth retrains without each source item and measures every target's "
+        "loss: LOO Δ = l_target(full run) − l_target(run without the source), negative = helpful, as the BIF. "
+        "Each agreement analysis compares one BIF analysis with it over the off-diagonal pairs."
+    )
+    if not names:
+        if loo is None:
+            return None
+        return Section(
+            title,
+            "This study has leave-one-out results but no `agreement` analysis; add `- kind: agreement` (with "
+            "`bif:` and `loo:`) to the spec's analyses to compare them with the BIF here.",
+            note=note,
+        )
+    items: list = []
+    for name in sorted(names):
+        stats = agreement.filter(pl.col("analysis") == name) if agreement is not None else None
+        pairs = agreement_pairs.filter(pl.col("analysis") == name) if agreement_pairs is not None else None
+        first = (stats if stats is not None and stats.height else pairs).row(0, named=True)  # type: ignore[union-attr]
+        what = (
+            f"{first.get('bif_analysis') or '?'} ({first.get('bif_value') or '?'}) "
+            f"vs {first.get('loo_analysis') or '?'}"
+        )
+        items.append(Html(f"<h3>{html.escape(name)}: {html.escape(what)}</h3>"))
+        if pairs is not None and pairs.height:
+            items.append(charts.agreement_chart(pairs, stats, title=f"{name}: BIF vs LOO per checkpoint"))
+        if stats is not None and stats.height:
+            items.append(Html('<p class="note">Pooled over all pairs and checkpoints:</p>'))
+            items.append(agreement_table(stats))
+    return Section(title, items, note=note)
+
+
 def standard_sections(
     frames: Mapping[str, pl.DataFrame | None],
     *,
@@ -85,8 +129,10 @@ def standard_sections(
     heatmap_steps: Sequence[int] | None = None,
 ) -> list[Section]:
     """Sections for whatever frames are present and non-empty (keys are view names: training_curve,
-    llc_summary, bif, class_bif, induction_score, class_loss). Transitions are detected from the training
-    curve, the LLC and the selected BIF pairs (class pairs when the study has no sample BIF)."""
+    llc_summary, bif, class_bif, induction_score, class_loss, loo, agreement, agreement_pairs). Transitions
+    are detected from the training curve, the LLC and the selected BIF pairs (class pairs when the study has
+    no sample BIF); where the BIF frames carry 95% intervals each sign flip and peak is called significant or
+    not (`significance.py`)."""
     p = params or DetectParams()
     tc = _frame(frames, "training_curve", study)
     llc = _frame(frames, "llc_summary", study)
@@ -94,6 +140,9 @@ def standard_sections(
     cbif = _frame(frames, "class_bif", study)
     ind = _frame(frames, "induction_score", study)
     closs = _frame(frames, "class_loss", study)
+    validation = validation_section(
+        _frame(frames, "agreement", study), _frame(frames, "agreement_pairs", study), _frame(frames, "loo", study)
+    )
 
     value = p.value
     sel = list(pairs) if pairs else (default_pairs(bif) if bif is not None else [])
@@ -121,6 +170,10 @@ def standard_sections(
                 "Loss drops and LLC (and induction score) changes, the steepest stretches on a log-step "
                 "axis, define the transitions; "
                 "sign flips and |BIF| peaks of the tracked influence curves are attached to the nearest one. "
+                "A sign flip is significant when, on each side, min_run consecutive checkpoints have 95% "
+                "intervals excluding 0 with that side's sign; a peak when its interval excludes 0 and clears "
+                "the intervals of the valleys bounding its prominence. The intervals measure the spread between "
+                "chains only, not a bias every chain shares (e.g. a checkpoint that is not a local minimum). "
                 f"Influence values are {value}: {charts.sign_note(value)}."
             ),
         )
@@ -159,6 +212,8 @@ def standard_sections(
                 ],
             )
         )
+    if validation is not None:
+        out.append(validation)
     if ind is not None:
         out.append(Section("Induction score", charts.induction_chart(ind, transitions=transitions)))
     if closs is not None:

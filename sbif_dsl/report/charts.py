@@ -6,7 +6,10 @@ Conventions shared by every chart:
 - influence keeps the papers' sign, stated on every influence chart: BIF = −Cov / −Corr, negative = helpful
   (up-weighting the source lowers the target's loss); diverging colours are centred at 0, blue = helpful;
 - tooltips show exact values; line charts zoom/pan along x (drag, wheel; double-click resets);
-- detected transitions are drawn as grey bands, influence events as marks on the curves.
+- detected transitions are drawn as grey bands, influence events as marks on the curves (filled when the 95%
+  intervals make them significant, hollow when not);
+- where a view carries 95% intervals (`_lo`/`_hi`, jackknife over chains) a shaded band of the curve's colour
+  lies under its line; frames without them (older caches) draw the line alone.
 """
 
 from __future__ import annotations
@@ -169,9 +172,12 @@ def llc_chart(
     width: int = WIDTH,
     height: int = HEIGHT,
 ) -> alt.LayerChart:
-    """LLC mean over checkpoints with a ± std band over chains.
-    llc_summary: (step, llc_mean, llc_std, chains)."""
-    cols = [c for c in ("step", "llc_mean", "llc_std", "chains") if c in llc_summary.columns]
+    """LLC mean over checkpoints with a light ± std band over chains and, where the frame has llc_lo/llc_hi,
+    a darker band for the 95% interval of the mean.
+    llc_summary: (step, llc_mean, llc_std, chains[, llc_se, llc_lo, llc_hi])."""
+    ci = "llc_lo" in llc_summary.columns and "llc_hi" in llc_summary.columns
+    want = ("step", "llc_mean", "llc_std", "chains", "llc_se", "llc_lo", "llc_hi")
+    cols = [c for c in want if c in llc_summary.columns]
     df = (
         llc_summary.select(cols)
         .sort("step")
@@ -186,18 +192,30 @@ def llc_chart(
         alt.Tooltip("llc_mean:Q", title="LLC mean", format=".4g"),
         alt.Tooltip("llc_std:Q", title="std over chains", format=".3g"),
         *([alt.Tooltip("chains:Q")] if "chains" in cols else []),
+        *([alt.Tooltip("llc_se:Q", title="standard error", format=".3g")] if "llc_se" in cols else []),
+        *(
+            [alt.Tooltip("llc_lo:Q", title="95% interval from", format=".4g"), alt.Tooltip("llc_hi:Q", title="to")]
+            if ci
+            else []
+        ),
     ]
-    band = base.mark_area(opacity=0.25, color="#c0504d").encode(
+    band = base.mark_area(opacity=0.14 if ci else 0.25, color="#c0504d").encode(
         y=alt.Y("lo:Q", title="local learning coefficient λ̂"), y2="hi:Q"
     )
-    line = base.mark_line(color="#c0504d", point=alt.OverlayMarkDef(size=28, filled=True)).encode(
+    bands = [band]
+    if ci:
+        bands.append(base.mark_area(opacity=0.38, color="#c0504d").encode(y="llc_lo:Q", y2="llc_hi:Q"))
+    line = base.mark_line(color="#c0504d", point=alt.OverlayMarkDef(size=28, filled=True, color="#c0504d")).encode(
         y="llc_mean:Q", tooltip=tips
     )
-    sub = ["line: mean over chains; band: mean ± std over chains"]
+    if ci:
+        sub = ["line: mean over chains; dark band: its 95% interval (jackknife over chains); light band: ± std"]
+    else:
+        sub = ["line: mean over chains; band: mean ± std over chains"]
     if transitions is not None:
         sub.append("grey bands: detected transitions")
     return _layer(
-        [*transition_bands(transitions), band, line.add_params(_zoom())],
+        [*transition_bands(transitions), *bands, line.add_params(_zoom())],
         _title("Local learning coefficient (LLC)", sub),
         width,
         height,
@@ -229,57 +247,92 @@ def influence_chart(
         )
     df = df.with_columns(pair=pl.col("source") + " → " + pl.col("target")).sort("pair", "step")
     label = VALUE_LABEL.get(value, value)
+    has_band = "lo" in df.columns and "hi" in df.columns and df.select(pl.col("lo").is_not_null().any()).item()
     pick = alt.selection_point(fields=["pair"], bind="legend")
+    pair_scale = alt.Scale(domain=sorted(df["pair"].unique().to_list()), scheme="tableau10")
     base = alt.Chart(data(df)).encode(x=step_x(df))
+    band_tips = (
+        [alt.Tooltip("lo:Q", title="95% interval from", format="+.4g"), alt.Tooltip("hi:Q", title="to", format="+.4g")]
+        if has_band
+        else []
+    )
     lines = (
         base.mark_line(strokeWidth=2, point=alt.OverlayMarkDef(size=22, filled=True))
         .encode(
             y=alt.Y("value:Q", title=f"{label}  (negative = helpful)"),
-            color=alt.Color("pair:N", title="source → target", legend=alt.Legend(symbolType="stroke")),
+            color=alt.Color(
+                "pair:N", title="source → target", legend=alt.Legend(symbolType="stroke"), scale=pair_scale
+            ),
             opacity=alt.condition(pick, alt.value(1.0), alt.value(0.15)),
             tooltip=[
                 alt.Tooltip("pair:N", title="source → target"),
                 alt.Tooltip("step:Q", format=","),
                 alt.Tooltip("value:Q", title=label, format="+.4g"),
+                *band_tips,
             ],
         )
         .add_params(pick, _zoom())
     )
     zero = alt.Chart(data(pl.DataFrame({"y": [0.0]}))).mark_rule(color="#333", strokeDash=[4, 3]).encode(y="y:Q")
-    layers: list[alt.Chart] = [*transition_bands(transitions), zero, lines]
+    layers: list[alt.Chart] = [*transition_bands(transitions), zero]
+    if has_band:  # under the lines: the 95% interval of each plotted value
+        layers.append(
+            base.mark_area(interpolate="linear").encode(
+                y="lo:Q",
+                y2="hi:Q",
+                color=alt.Color("pair:N", scale=pair_scale),
+                # fillOpacity, not opacity: the shared legend's stroke symbols keep the lines' opacity
+                fillOpacity=alt.condition(pick, alt.value(0.2), alt.value(0.04)),
+            )
+        )
+    layers.append(lines)
+    sig_known = False
     if events is not None and not events.is_empty():
         names = (df["source"] + "→" + df["target"]).unique().to_list()
         ev = events.filter(pl.col("kind").is_in(list(EVENT_SHAPES)) & pl.col("series").is_in(names))
         if not ev.is_empty():
+            if "significant" not in ev.columns:
+                ev = ev.with_columns(significant=pl.lit(None, dtype=pl.Boolean), significance=pl.lit(None, pl.String))
             ev = ev.with_columns(
                 pair=pl.col("series").str.replace("→", " → ", literal=True),
                 event=pl.col("kind").replace_strict(EVENT_LABELS, default="event"),
+                significance=pl.col("significance").fill_null("unknown (no 95% intervals)"),
             )
-            layers.append(
-                alt.Chart(data(ev))
-                .mark_point(size=140, filled=True, stroke="black", strokeWidth=0.8)
-                .encode(
-                    x="step:Q",
-                    y="value:Q",
-                    color=alt.Color("pair:N"),
-                    shape=alt.Shape(
-                        "event:N",
-                        title="detected event",
-                        scale=alt.Scale(domain=list(EVENT_LABELS.values()), range=list(EVENT_SHAPES.values())),
-                    ),
-                    tooltip=[
-                        alt.Tooltip("event:N"),
-                        alt.Tooltip("what:N"),
-                        alt.Tooltip("evidence:N"),
-                        alt.Tooltip("step:Q", format=",.0f"),
-                    ],
-                )
+            shape = alt.Shape(
+                "event:N",
+                title="detected event",
+                scale=alt.Scale(domain=list(EVENT_LABELS.values()), range=list(EVENT_SHAPES.values())),
             )
+            tips = [
+                alt.Tooltip("event:N"),
+                alt.Tooltip("what:N"),
+                alt.Tooltip("evidence:N"),
+                alt.Tooltip("significance:N"),
+                alt.Tooltip("step:Q", format=",.0f"),
+            ]
+            sig_known = ev["significant"].is_not_null().any()
+            solid = ev.filter(pl.col("significant").is_null() | pl.col("significant"))
+            hollow = ev.filter(pl.col("significant").not_())  # not significant: hollow, outlined in its colour
+            for part, mark in (
+                (solid, {"filled": True, "stroke": "black", "strokeWidth": 0.8}),
+                (hollow, {"filled": False, "strokeWidth": 2.2}),
+            ):
+                if not part.is_empty():
+                    layers.append(
+                        alt.Chart(data(part))
+                        .mark_point(size=140, opacity=1, **mark)
+                        .encode(x="step:Q", y="value:Q", color=alt.Color("pair:N"), shape=shape, tooltip=tips)
+                    )
+    marks = "▲ sign flip (at the zero crossing), ◆ |BIF| peak"
     sub = [
         f"{sign_note(value)}: up-weighting the source lowers the target's loss; positive = harmful",
-        f"{VALUE_NOTE.get(value, value)}. ▲ sign flip (at the zero crossing), ◆ |BIF| peak; "
-        "click a legend entry to highlight a pair",
+        f"{VALUE_NOTE.get(value, value)}; click a legend entry to highlight a pair",
     ]
+    if sig_known:
+        marks += " (filled: significant by the 95% intervals, hollow: not)"
+    if has_band:
+        marks += "; shaded: the 95% interval at each checkpoint"
+    sub.append(marks)
     return _layer(layers, _title(title, sub), width, height).resolve_scale(color="shared")
 
 
@@ -601,3 +654,189 @@ def section_chart(
     if chart == "line":
         out = out.add_params(_zoom())
     return out
+
+
+# ------------------------------------------------------------------------------------ validation (LOO)
+
+AGREEMENT_METRICS = {
+    "pearson": "Pearson r",
+    "spearman": "Spearman ρ",
+    "sign_agreement": "sign agreement",
+    "sign_agreement_weighted": "sign agreement (|LOO|-weighted)",
+}
+
+
+def _stat(v: Any, pct: bool = False) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{100 * v:.0f}%" if pct else f"{v:+.2f}"
+
+
+def agreement_chart(
+    pairs: pl.DataFrame,
+    stats: pl.DataFrame | None = None,
+    *,
+    title: str = "BIF vs leave-one-out",
+    width: int = 520,
+    height: int = 340,
+) -> alt.VConcatChart:
+    """The BIF against the leave-one-out ground truth for one `agreement` analysis.
+
+    Top: a scatter of every compared (source, target) pair at one checkpoint (x: LOO delta, y: the BIF value
+    the analysis compared), with a slider over all checkpoints; points are coloured by whether the two agree in
+    sign. Bottom: the per-checkpoint agreement (Pearson, Spearman, sign agreement) over training on the
+    log-step axis, a rule at the checkpoint the slider picks.
+    pairs: `agreement_pairs` rows of one analysis (step, source, target, bif, loo[, bif_value, bif_analysis]);
+    stats: its `agreement` rows (the scope 'checkpoint' ones are drawn; optional).
+    """
+    missing = [c for c in ("step", "source", "target", "bif", "loo") if c not in pairs.columns]
+    if missing:
+        raise ValueError(f"agreement pairs lack column(s) {missing}; they have {pairs.columns}")
+    first = pairs.row(0, named=True) if pairs.height else {}
+    bif_value = first.get("bif_value") or "bif_cov"
+    bif_name = first.get("bif_analysis") or "bif"
+    sgn = pl.col("bif").sign() * pl.col("loo").sign()
+    p = (
+        pairs.select("step", pl.col("source").cast(pl.String), pl.col("target").cast(pl.String), "bif", "loo")
+        .with_columns(
+            pair=pl.col("source") + " → " + pl.col("target"),
+            agree=pl.when(sgn > 0)
+            .then(pl.lit("same sign"))
+            .when(sgn < 0)
+            .then(pl.lit("opposite sign"))
+            .otherwise(pl.lit("a zero")),
+        )
+        .sort("step", "source", "target")
+    )
+    steps = sorted(p["step"].unique().to_list())
+    idx = pl.DataFrame({"step": steps, "ckpt": list(range(len(steps)))}, schema_overrides={"step": p.schema["step"]})
+    p = p.join(idx, on="step")
+    per = (
+        stats.filter(pl.col("scope") == "checkpoint")
+        if stats is not None and not stats.is_empty() and "scope" in stats.columns
+        else None
+    )
+    labels = idx
+    if per is not None:
+        keep = [c for c in ("step", "n_pairs", *AGREEMENT_METRICS) if c in per.columns]
+        labels = idx.join(per.select(keep).with_columns(pl.col("step").cast(idx.schema["step"])), on="step", how="left")
+    text = []
+    for r in labels.iter_rows(named=True):
+        t = f"checkpoint step {r['step']:,}"
+        if "pearson" in r:
+            t += f"  ·  Pearson {_stat(r.get('pearson'))}  ·  Spearman {_stat(r.get('spearman'))}"
+            t += f"  ·  sign agreement {_stat(r.get('sign_agreement'), pct=True)}"
+        if r.get("n_pairs") is not None:
+            t += f"  ({r['n_pairs']:,} pairs)"
+        text.append(t)
+    labels = labels.with_columns(pl.Series("text", text))
+    ck = alt.param(
+        name="ckpt",
+        value=len(steps) - 1,
+        bind=alt.binding_range(min=0, max=max(len(steps) - 1, 0), step=1, name="checkpoint index (0 = first) "),
+    )
+    at_ck = "datum.ckpt == ckpt"
+    label = (
+        alt.Chart(data(labels))
+        .transform_filter(at_ck)
+        .mark_text(align="left", baseline="middle", fontSize=13, fontWeight="bold")
+        .encode(x=alt.value(0), y=alt.value(9), text="text:N")
+        .properties(width=width, height=18, view=alt.ViewBackground(stroke=None))
+    )
+    ylab = f"BIF of {bif_name} ({VALUE_LABEL.get(bif_value, bif_value)})"
+    points = (
+        alt.Chart(data(p))
+        .transform_filter(at_ck)
+        .mark_circle(size=55, opacity=0.8)
+        .encode(
+            x=alt.X(
+                "loo:Q",
+                title="LOO Δ = l_target(full) − l_target(without source)",
+                scale=alt.Scale(zero=True),
+                axis=alt.Axis(format=".3~g", labelOverlap=True),
+            ),
+            # a fixed label extent: the labels' width changes with the checkpoint, the layout must not
+            y=alt.Y(
+                "bif:Q",
+                title=ylab,
+                scale=alt.Scale(zero=True),
+                axis=alt.Axis(format=".3~g", minExtent=64, maxExtent=64),
+            ),
+            color=alt.Color(
+                "agree:N",
+                title="BIF vs LOO",
+                scale=alt.Scale(domain=["same sign", "opposite sign", "a zero"], range=["#2b83ba", "#d7191c", "#999"]),
+            ),
+            tooltip=[
+                alt.Tooltip("pair:N", title="source → target"),
+                alt.Tooltip("step:Q", format=","),
+                alt.Tooltip("bif:Q", title=ylab, format="+.4g"),
+                alt.Tooltip("loo:Q", title="LOO Δ", format="+.4g"),
+                alt.Tooltip("agree:N", title="signs"),
+            ],
+        )
+    )
+    zero = data(pl.DataFrame({"zero": [0.0]}))
+    axes = [
+        alt.Chart(zero).mark_rule(color="#555", strokeDash=[4, 3]).encode(x="zero:Q"),
+        alt.Chart(zero).mark_rule(color="#555", strokeDash=[4, 3]).encode(y="zero:Q"),
+    ]
+    scatter = alt.layer(*axes, points).properties(width=width, height=height)
+    rows: list[Any] = [label, scatter]
+    if per is not None:
+        mets = [c for c in AGREEMENT_METRICS if c in per.columns]
+        long = (
+            per.select("step", *mets)
+            .unpivot(index="step", on=mets, variable_name="metric", value_name="value")
+            .drop_nulls("value")
+            .filter(pl.col("value").is_finite())
+            .with_columns(metric=pl.col("metric").replace_strict(AGREEMENT_METRICS))
+            .sort("metric", "step")
+        )
+        if not long.is_empty():
+            names = [AGREEMENT_METRICS[m] for m in mets]
+            curve = (
+                alt.Chart(data(long))
+                .mark_line(point=alt.OverlayMarkDef(size=20, filled=True))
+                .encode(
+                    x=step_x(long),
+                    y=alt.Y("value:Q", title="agreement", scale=alt.Scale(domain=[-1, 1])),
+                    color=alt.Color("metric:N", title="per checkpoint", sort=names),
+                    strokeDash=alt.condition(
+                        alt.datum.metric == AGREEMENT_METRICS["sign_agreement_weighted"],
+                        alt.value([4, 2]),
+                        alt.value([1, 0]),
+                    ),
+                    tooltip=[
+                        alt.Tooltip("metric:N"),
+                        alt.Tooltip("step:Q", format=","),
+                        alt.Tooltip("value:Q", format="+.3f"),
+                    ],
+                )
+            )
+            picked = (
+                alt.Chart(data(labels))
+                .transform_filter(at_ck)
+                .mark_rule(color="#333", strokeWidth=1.5)
+                .encode(x="step:Q", tooltip=[alt.Tooltip("text:N", title="slider")])
+            )
+            zline = alt.Chart(zero).mark_rule(color="#999", strokeDash=[2, 2]).encode(y="zero:Q")
+            rows.append(
+                alt.layer(zline, curve, picked).properties(
+                    width=width,
+                    height=220,
+                    title=alt.TitleParams(
+                        "Agreement per checkpoint (black rule: the slider's checkpoint)", fontSize=12, anchor="start"
+                    ),
+                )
+            )
+    sub = [
+        "x: leave-one-out ground truth (retrain without the source), y: the BIF; both negative = helpful",
+        "blue: same sign, red: opposite sign; drag the slider under the chart to step through the checkpoints",
+    ]
+    return (
+        alt.vconcat(*rows, spacing=6)
+        .add_params(ck)
+        .resolve_scale(color="independent")
+        .properties(title=_title(title, sub))
+    )

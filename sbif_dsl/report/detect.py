@@ -9,7 +9,9 @@ The detectors live in `signals.py` and are re-exported here; each works per grou
   curve), i.e. the transitions between plateaus of the LLC or of the training loss.
 
 `detect_events` runs them on the study's frames and `detect_transitions` merges the events into one table of
-phase transitions. Influence values keep the papers' sign: BIF = −Cov (or −Corr), negative = helpful.
+phase transitions. Where the influence frame carries 95% intervals (the views' `<value>_lo`/`_hi`), each sign
+flip and |BIF| peak is also called significant or not (`significance.py`; detection itself ignores them).
+Influence values keep the papers' sign: BIF = −Cov (or −Corr), negative = helpful.
 Every threshold lives in `DetectParams`.
 """
 
@@ -31,6 +33,7 @@ from sbif_dsl.report.signals import (
     peaks,
     zero_crossings,
 )
+from sbif_dsl.report.significance import flip_significance, peak_significance
 
 __all__ = [
     "EVENT_COLUMNS",
@@ -49,8 +52,19 @@ __all__ = [
     "zero_crossings",
 ]
 
-EVENT_COLUMNS = ["step_start", "step_end", "step", "value", "kind", "series", "what", "evidence"]
-TRANSITION_COLUMNS = ["step_start", "step_end", "kind", "what", "evidence"]
+EVENT_COLUMNS = [
+    "step_start",
+    "step_end",
+    "step",
+    "value",
+    "kind",
+    "series",
+    "what",
+    "evidence",
+    "significant",
+    "significance",
+]
+TRANSITION_COLUMNS = ["step_start", "step_end", "kind", "what", "evidence", "significance"]
 KIND_LABELS = {
     "loss_drop": "loss drop",
     "llc_change": "LLC change",
@@ -140,9 +154,11 @@ def loss_drops(
 
 
 def pairs_frame(bif: pl.DataFrame, value: str = "bif_corr", pairs: Sequence[tuple] | None = None) -> pl.DataFrame:
-    """Normalize the `bif` or `class_bif` view to (step, [analysis], source, target, value).
+    """Normalize the `bif` or `class_bif` view to (step, [analysis], source, target, value, [lo, hi]).
 
-    `pairs`: optional list of (source, target) labels to keep (e.g. [("dog", "cat")])."""
+    lo, hi: the 95% interval of `value` (the view's `<value>_lo`, `<value>_hi`), only where the frame has
+    both (older caches do not). `pairs`: optional list of (source, target) labels to keep (e.g.
+    [("dog", "cat")])."""
     if "source_class" in bif.columns:
         bif = bif.rename({"source_class": "source", "target_class": "target"})
     need = ["step", "source", "target", value]
@@ -150,7 +166,13 @@ def pairs_frame(bif: pl.DataFrame, value: str = "bif_corr", pairs: Sequence[tupl
     if missing:
         raise ValueError(f"influence frame lacks column(s) {missing}; it has {bif.columns}")
     cols = ["step", *(["analysis"] if "analysis" in bif.columns else []), "source", "target"]
-    out = bif.select([*[pl.col(c) for c in cols], pl.col(value).cast(pl.Float64).alias("value")])
+    band = [f"{value}_lo", f"{value}_hi"]
+    extra = (
+        [pl.col(band[0]).cast(pl.Float64).alias("lo"), pl.col(band[1]).cast(pl.Float64).alias("hi")]
+        if all(c in bif.columns for c in band)
+        else []
+    )
+    out = bif.select([*[pl.col(c) for c in cols], pl.col(value).cast(pl.Float64).alias("value"), *extra])
     out = out.with_columns(pl.col("source").cast(pl.String), pl.col("target").cast(pl.String))
     if pairs:
         keep = pl.DataFrame([(str(s), str(t)) for s, t in pairs], schema=["source", "target"], orient="row")
@@ -169,7 +191,7 @@ def _one_study(df: pl.DataFrame | None, name: str) -> pl.DataFrame | None:
 def _event(
     kind: str, series: str, span: tuple[float, float], step: float, value: float | None, what: str, evidence: str
 ) -> dict:
-    """One event (the EVENT_COLUMNS) as a dict; span is (step_start, step_end)."""
+    """One event (the EVENT_COLUMNS) as a dict; span is (step_start, step_end). Significance: unknown."""
     return {
         "step_start": span[0],
         "step_end": span[1],
@@ -179,6 +201,8 @@ def _event(
         "series": series,
         "what": what,
         "evidence": evidence,
+        "significant": None,
+        "significance": None,
     }
 
 
@@ -192,6 +216,8 @@ def _pair_event(r: dict, kind: str, label: str, span: tuple, value: float, detai
     name = f"{r['source']}→{r['target']}"
     return {
         **_event(kind, name, span, r["step"], value, f"{name} {label}", f"{name}: {detail}"),
+        "significant": r.get("significant"),
+        "significance": r.get("significance"),
         "_group": label,
         "_mag": mag,
     }
@@ -259,6 +285,7 @@ def _events(
             smooth=p.curve_smooth,
             min_run=p.min_run,
         )
+        zc = flip_significance(bp, zc, by, min_run=p.min_run)
         for r in zc.iter_rows(named=True):
             label = "turns harmful (− → +)" if r["direction"] == "up" else "turns helpful (+ → −)"
             detail = (
@@ -279,6 +306,7 @@ def _events(
             noise_k=p.noise_k,
             smooth=p.curve_smooth,
         )
+        pk = peak_significance(bp, pk, by, use_abs=p.peak_use_abs)
         for r in pk.iter_rows(named=True):
             label = f"{'harmful' if r['value'] > 0 else 'helpful'} |BIF| peak"
             detail = (
@@ -299,6 +327,8 @@ _EVENT_SCHEMA = {
     "series": pl.String,
     "what": pl.String,
     "evidence": pl.String,
+    "significant": pl.Boolean,
+    "significance": pl.String,
 }
 
 
@@ -317,8 +347,9 @@ def detect_events(
     curves whose changepoints count like LLC changes (e.g. {"induction score": ...}). Any may be None/empty.
     Returns: step_start, step_end, step, value (0 at a sign flip, the signed BIF at a peak, else null),
     kind (loss_drop | llc_change | curve_change | bif_sign_flip | bif_peak), series ("training loss", "LLC",
-    a curve's name or "source→target"), what, evidence. Influence signs follow the papers: −Cov/−Corr,
-    negative = helpful.
+    a curve's name or "source→target"), what, evidence, significant (sign flips and peaks: whether the 95%
+    intervals resolve them, null when the frame has none or for other events; rule in `significance.py`),
+    significance (why, in words). Influence signs follow the papers: −Cov/−Corr, negative = helpful.
     """
     ev = _events(training_curve, llc_summary, bif_pairs, params or DetectParams(), curves)
     rows = [{k: e[k] for k in EVENT_COLUMNS} for e in ev]
@@ -349,9 +380,14 @@ def _kind_labels(cl: list[dict]) -> list[str]:
     return out
 
 
-def _summarize(cl: list[dict], max_items: int) -> tuple[list[str], list[str]]:
-    """what/evidence items of one transition: loss and LLC events one by one, BIF events grouped."""
-    whats, evid = [], []
+def _verdict(sig: bool | None) -> str:
+    return {True: "significant", False: "not significant"}.get(sig, "unknown (no intervals)")  # type: ignore[arg-type]
+
+
+def _summarize(cl: list[dict], max_items: int) -> tuple[list[str], list[str], list[str]]:
+    """what/evidence items of one transition (loss and LLC events one by one, BIF events grouped) and the
+    significance items of its BIF events (one per BIF item of `what`)."""
+    whats, evid, sigs = [], [], []
     for e in sorted((e for e in cl if e["kind"] in _PRIMARY), key=lambda e: (_PRIMARY.index(e["kind"]), e["step"])):
         whats.append(e["what"])
         evid.append(e["evidence"])
@@ -364,7 +400,12 @@ def _summarize(cl: list[dict], max_items: int) -> tuple[list[str], list[str]]:
         if len(es) <= max_items:
             whats += [e["what"] for e in es]
             evid += [e["evidence"] for e in es]
+            sigs += [f"{e['what']}: {_verdict(e['significant'])}" for e in es]
             continue
+        n_sig = sum(e["significant"] is True for e in es)
+        n_unknown = sum(e["significant"] is None for e in es)
+        unknown = f", {n_unknown} unknown (no intervals)" if n_unknown else ""
+        sigs.append(f"{label}: {n_sig} of {len(es)} pairs significant{unknown}")
         names = ", ".join(e["series"] for e in es[:max_items])
         whats.append(f"{label} in {len(es)} pairs ({names}, …)")
         steps = sorted(e["step"] for e in es)
@@ -372,7 +413,7 @@ def _summarize(cl: list[dict], max_items: int) -> tuple[list[str], list[str]]:
             f"strongest {es[0]['evidence']}; {len(es)} pairs at steps {steps[0]:,.0f}–{steps[-1]:,.0f} "
             f"(median {float(np.median(steps)):,.0f})"
         )
-    return whats, evid
+    return whats, evid, sigs
 
 
 def detect_transitions(
@@ -392,7 +433,9 @@ def detect_transitions(
     their own. More than `max_items` BIF events of one sort are summarized ("harmful |BIF| peak in 32 pairs
     (…)").
     Inputs as in `detect_events`. Returns: step_start, step_end (Int64), kind ("loss drop, LLC change, …"),
-    what, evidence (items joined by "; ").
+    what, evidence (items joined by "; "), significance (one item per BIF item of `what`, "…: significant",
+    "…: not significant" or "…: unknown (no intervals)", or "k of n pairs significant" for a summarized
+    group; null when the transition has no BIF event).
     """
     p = params or DetectParams()
     events = _events(training_curve, llc_summary, bif_pairs, p, curves)
@@ -416,7 +459,7 @@ def detect_transitions(
         prim = [e for e in cl if e["kind"] in _PRIMARY] or cl
         lo = min(min(e["step_start"], e["step_end"]) for e in prim)
         hi = max(max(e["step_start"], e["step_end"]) for e in prim)
-        whats, evid = _summarize(cl, max_items)
+        whats, evid, sigs = _summarize(cl, max_items)
         rows.append(
             {
                 "step_start": int(math.floor(lo)),
@@ -424,6 +467,7 @@ def detect_transitions(
                 "kind": ", ".join(_kind_labels(cl)),
                 "what": "; ".join(whats),
                 "evidence": "; ".join(evid),
+                "significance": "; ".join(sigs) if sigs else None,
             }
         )
     schema = {
@@ -432,6 +476,7 @@ def detect_transitions(
         "kind": pl.String,
         "what": pl.String,
         "evidence": pl.String,
+        "significance": pl.String,
     }
     out = pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
     return out.sort("step_start")

@@ -97,6 +97,7 @@ table.data td.num, table.data th.num { text-align: right; font-variant-numeric: 
                                        white-space: nowrap; }
 table.data td.empty { color: var(--muted); font-style: italic; }
 table.transitions td:nth-child(5), table.transitions td:nth-child(6) { min-width: 300px; }
+table.transitions td:nth-child(7) { min-width: 220px; }
 .chart { margin: 10px 0 4px; overflow-x: auto; }
 .chart .vega-embed { max-width: 100%; }
 .chart-error { color: #b00020; font-family: ui-monospace, monospace; white-space: pre-wrap; }

@@ -229,7 +229,8 @@ def peaks(
     max(prominence·(max − min), 2·noise_k·σ_noise) of the (absolute) curve. End points are never peaks.
 
     Returns: by…, step, value (signed y at the peak), prominence (absolute), prominence_rel (fraction of the
-    curve's range), step_left, step_right (where the peak is above half its prominence).
+    curve's range), step_left, step_right (where the peak is above half its prominence), step_left_base,
+    step_right_base (the valleys on either side that bound its prominence).
     """
     rows = []
     for key, xs, ys in _groups(df, x, y, by):
@@ -255,6 +256,8 @@ def peaks(
                     "prominence_rel": pk["prominence"] / rng,
                     "step_left": _interp_x(xs, pk["left"]),
                     "step_right": _interp_x(xs, pk["right"]),
+                    "step_left_base": xs[pk["left_base"]],
+                    "step_right_base": xs[pk["right_base"]],
                 }
             )
     schema = {
@@ -264,6 +267,8 @@ def peaks(
         "prominence_rel": pl.Float64,
         "step_left": pl.Float64,
         "step_right": pl.Float64,
+        "step_left_base": pl.Float64,
+        "step_right_base": pl.Float64,
     }
     return _frame(rows, by, schema, df)
 

@@ -49,9 +49,108 @@ def _level(i: int, j: int) -> int:
     return 2
 
 
-def demo_frames(seed: int = 0, study: str = "toy-demo", noise: float = 0.015) -> dict[str, pl.DataFrame]:
+Z95 = 1.96
+
+
+def _with_intervals(df: pl.DataFrame, se: dict[str, pl.Expr]) -> pl.DataFrame:
+    """Add <col>_se, <col>_lo, <col>_hi (± 1.96 se) for each column, as the views carry them."""
+    out = df.with_columns(**{f"{c}_se": e for c, e in se.items()})
+    return out.with_columns(
+        **{f"{c}_lo": pl.col(c) - Z95 * pl.col(f"{c}_se") for c in se},
+        **{f"{c}_hi": pl.col(c) + Z95 * pl.col(f"{c}_se") for c in se},
+    )
+
+
+def _agreement(bif: np.ndarray, loo: np.ndarray) -> dict[str, float | None]:
+    """Pearson, Spearman, sign agreement (plain and |LOO|-weighted) of two vectors, as the agreement stage."""
+    ok = np.isfinite(bif) & np.isfinite(loo)
+    b, d = bif[ok], loo[ok]
+    if b.size < 3 or np.std(b) == 0 or np.std(d) == 0:
+        return {"pearson": None, "spearman": None, "sign_agreement": None, "sign_agreement_weighted": None}
+
+    def rank(v: np.ndarray) -> np.ndarray:
+        return np.argsort(np.argsort(v)).astype(float)
+
+    same = np.sign(b) == np.sign(d)
+    w = np.abs(d)
+    return {
+        "pearson": float(np.corrcoef(b, d)[0, 1]),
+        "spearman": float(np.corrcoef(rank(b), rank(d))[0, 1]),
+        "sign_agreement": float(same.mean()),
+        "sign_agreement_weighted": float((w * same).sum() / w.sum()) if w.sum() > 0 else None,
+    }
+
+
+def _loo_frames(bif: pl.DataFrame, study: str, rng: np.random.Generator) -> dict[str, pl.DataFrame]:
+    """Synthetic `loo`, `agreement_pairs` and `agreement` frames: LOO Δ tracks the BIF (−Cov), noisily early and
+    closely late; two agreement analyses, on the BIF and on its running sum over checkpoints."""
+    off = bif.filter(pl.col("source") != pl.col("target")).sort("source_idx", "target_idx", "step")
+    steps = off["step"].to_numpy()
+    late = np.log10(steps + 1) / np.log10(steps.max() + 1)
+    scale = float(off["bif_cov"].abs().max())
+    delta = 0.8 * off["bif_cov"].to_numpy() + rng.normal(0, 1, off.height) * scale * (0.6 - 0.5 * late)
+    loo = off.select(
+        "study",
+        "step",
+        pl.lit("loo").alias("analysis"),
+        pl.col("source_idx").alias("left_out_idx"),
+        pl.col("source").alias("left_out"),
+        pl.lit("train").alias("target_set"),
+        "target_idx",
+        "target",
+    ).with_columns(loss_full=pl.lit(0.5), delta=pl.Series(delta))
+    loo = loo.with_columns(loss_loo=pl.col("loss_full") - pl.col("delta"))
+    cum = off.with_columns(cum=pl.col("bif_cov").cum_sum().over("source", "target"))
+    pair_rows, stat_rows = [], []
+    for name, col, bif_name in (("agreement", "bif_cov", "bif"), ("agreement_cumulative", "cum", "cumulative_bif")):
+        pf = cum.select(
+            pl.lit(study).alias("study"),
+            pl.lit(name).alias("analysis"),
+            pl.lit(bif_name).alias("bif_analysis"),
+            pl.lit("loo").alias("loo_analysis"),
+            pl.lit("bif_cov").alias("bif_value"),
+            "step",
+            "source_idx",
+            "source",
+            "target_idx",
+            "target",
+            pl.col(col).alias("bif"),
+            pl.Series("loo", delta),
+        )
+        pair_rows.append(pf)
+        meta = {
+            "study": study,
+            "analysis": name,
+            "bif_analysis": bif_name,
+            "loo_analysis": "loo",
+            "bif_value": "bif_cov",
+        }
+        for (st,), g in pf.group_by("step", maintain_order=True):
+            stat_rows.append(
+                {**meta, "scope": "checkpoint", "step": st, "n_pairs": g.height}
+                | _agreement(g["bif"].to_numpy(), g["loo"].to_numpy())
+            )
+        stat_rows.append(
+            {**meta, "scope": "overall", "step": None, "n_pairs": pf.height}
+            | _agreement(pf["bif"].to_numpy(), pf["loo"].to_numpy())
+        )
+    agreement = pl.DataFrame(stat_rows, schema_overrides={"step": pl.Int64, "n_pairs": pl.Int64}).sort(
+        "analysis", "scope", "step", nulls_last=True
+    )
+    return {"loo": loo, "agreement_pairs": pl.concat(pair_rows), "agreement": agreement}
+
+
+def demo_frames(
+    seed: int = 0, study: str = "toy-demo", noise: float = 0.015, *, intervals: bool = False, loo: bool = False
+) -> dict[str, pl.DataFrame]:
     """All view frames for one synthetic study: studies, stages, training_curve, llc, llc_summary, bif,
-    class_bif, induction_score, class_loss."""
+    class_bif, induction_score, class_loss.
+
+    intervals: also the views' uncertainty columns (bif/class_bif `<col>_se`, `_lo`, `_hi`; llc_summary llc_se,
+    llc_lo, llc_hi), 95% intervals of ± 1.96 se. The se is the curves' noise, except for the animal↔plant pairs
+    (dog→lily and its like), whose intervals are 20× wider: their |BIF| peak is detected but NOT significant.
+    loo: also `loo`, `agreement_pairs` and `agreement` frames (two agreement analyses: agreement and
+    agreement_cumulative)."""
     rng = np.random.default_rng(seed)
     t1, t2, t3 = TRANSITIONS
     train_steps = np.arange(0, 3001, 5)
@@ -72,6 +171,9 @@ def demo_frames(seed: int = 0, study: str = "toy-demo", noise: float = 0.015) ->
         .agg(llc_mean=pl.col("llc").mean(), llc_std=pl.col("llc").std(), chains=pl.len().cast(pl.Int64))
         .sort("step")
     )
+    if intervals:
+        llc_summary = _with_intervals(llc_summary, {"llc_mean": pl.col("llc_std") / pl.col("chains").sqrt()})
+        llc_summary = llc_summary.rename({"llc_mean_se": "llc_se", "llc_mean_lo": "llc_lo", "llc_mean_hi": "llc_hi"})
 
     # sample × sample BIF (−Corr), one curve shape per tree relation
     shapes = {
@@ -106,6 +208,11 @@ def demo_frames(seed: int = 0, study: str = "toy-demo", noise: float = 0.015) ->
         orient="row",
     )
 
+    if intervals:
+        wide = (pl.col("source_idx") // 4) != (pl.col("target_idx") // 4)  # animal ↔ plant
+        corr_se = pl.when(pl.col("source") == pl.col("target")).then(0.0).when(wide).then(20 * noise).otherwise(noise)
+        bif = _with_intervals(bif, {"bif_cov": corr_se * 2e-4, "bif_corr": corr_se})
+
     ind = sigmoid_up(ck, INDUCTION_STEP, 0.05)
     induction_score = pl.DataFrame({"study": study, "step": ck, "score": 0.05 + 0.8 * ind})
     cl_rows, cb_rows = [], []
@@ -131,6 +238,9 @@ def demo_frames(seed: int = 0, study: str = "toy-demo", noise: float = 0.015) ->
         schema=["study", "step", "analysis", "source_class", "target_class", "bif_cov", "bif_corr"],
         orient="row",
     )
+
+    if intervals:
+        class_bif = _with_intervals(class_bif, {"bif_cov": pl.lit(0.01 * 1e-3), "bif_corr": pl.lit(0.01)})
 
     t0 = datetime(2025, 1, 1, 12, 0, 0)
     spec_yaml = (
@@ -184,7 +294,9 @@ def demo_frames(seed: int = 0, study: str = "toy-demo", noise: float = 0.015) ->
         },
         orient="row",
     )
+    extra = _loo_frames(bif, study, rng) if loo else {}
     return {
+        **extra,
         "studies": studies,
         "stages": stages,
         "training_curve": training_curve,

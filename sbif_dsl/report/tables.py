@@ -65,18 +65,40 @@ def table_html(
 
 
 def transitions_table(transitions: pl.DataFrame) -> Html:
-    """The detected phase transitions (frame from `detect_transitions`) as an HTML table."""
+    """The detected phase transitions (frame from `detect_transitions`) as an HTML table; with a column of
+    which sign flips and |BIF| peaks the 95% intervals make significant when the frame has one."""
     t = transitions.with_row_index("n", offset=1)
+    columns = {
+        "n": "#",
+        "step_start": "from step",
+        "step_end": "to step",
+        "kind": "detected by",
+        "what": "what changed",
+        "evidence": "evidence",
+    }
+    if "significance" in t.columns and t["significance"].is_not_null().any():
+        columns["significance"] = "significant? (95% intervals)"
     return table_html(
         t,
-        columns={
-            "n": "#",
-            "step_start": "from step",
-            "step_end": "to step",
-            "kind": "detected by",
-            "what": "what changed",
-            "evidence": "evidence",
-        },
-        split={"what": "; ", "evidence": "; "},
+        columns=columns,
+        split={"what": "; ", "evidence": "; ", "significance": "; "},
         css_class="data transitions",
     )
+
+
+AGREEMENT_COLUMNS = {
+    "bif_analysis": "BIF analysis",
+    "bif_value": "BIF value",
+    "loo_analysis": "LOO analysis",
+    "n_pairs": "pairs × checkpoints",
+    "pearson": "Pearson r",
+    "spearman": "Spearman ρ",
+    "sign_agreement": "sign agreement",
+    "sign_agreement_weighted": "sign agreement (|LOO|-weighted)",
+}
+
+
+def agreement_table(stats: pl.DataFrame) -> Html:
+    """The pooled (scope 'overall') rows of the `agreement` view: BIF vs LOO over all pairs and checkpoints."""
+    df = stats.filter(pl.col("scope") == "overall") if "scope" in stats.columns else stats
+    return table_html(df, columns={c: h for c, h in AGREEMENT_COLUMNS.items() if c in df.columns})

@@ -5,11 +5,53 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 
 from ..keyed import FACTORY_PATTERN, NAME_PATTERN, Base
 
 DEFAULT_ITEMS = ["dog", "cat", "sparrow", "robin", "lily", "rose", "oak", "pine"]
+
+# ----------------------------------------------------------------------------- field types and bounds
+# Numbers: an integer field takes an integer only (3; not 3.0, '3' or true). A float field takes any finite number
+# or a numeric string (PyYAML reads 1e-5, without a dot, as the string '1e-5'), never true/false.
+# Every count and size has an upper bound and every string a length bound, so no spec asks for the absurd.
+
+MAX_NAME = 128  # names: studies, observables, analyses, query sets, items, token classes
+MAX_TEXT = 256  # titles, paths, factories, column names
+MAX_STEPS = 10_000_000  # as Training.steps
+MAX_ITEMS = 1024  # hierarchy leaves (the demo has 8)
+
+
+def _number(v: Any) -> Any:
+    """A float field's input: numbers and numeric strings, never a bool, NaN or infinity."""
+    if isinstance(v, bool):
+        raise ValueError("expected a number, not true/false")
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            return v  # "expected a number (got 'abc')"
+    if isinstance(v, float) and not math.isfinite(v):
+        raise ValueError("expected a finite number, not NaN or infinity")
+    return v
+
+
+Float = Annotated[float, BeforeValidator(_number), Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Name = Annotated[str, Field(max_length=MAX_NAME)]
+Step = Annotated[int, Field(ge=0, le=MAX_STEPS, strict=True)]
+SpanLength = Annotated[int, Field(ge=1, le=4096, strict=True)]
+
+
+def _compile(v: str) -> Any:
+    import re
+
+    try:
+        return re.compile(v)
+    except re.error as e:
+        raise ValueError(f"not a valid regex: {e}") from None
+    except (RecursionError, OverflowError):
+        raise ValueError("not a valid regex: nested too deeply") from None
 
 
 # ----------------------------------------------------------------------------- data
@@ -21,19 +63,24 @@ class HierarchyData(Base):
     KEYED = ("kind", "branching", "features_per_level", "item_names", "query_sets")
 
     kind: Literal["hierarchy"] = Field(description="Built-in hierarchical toy data (SCIENCE.md §5).")
-    branching: list[Annotated[int, Field(ge=1, le=16)]] = Field(
+    branching: list[Annotated[int, Field(ge=1, le=16, strict=True)]] = Field(
         default=[2, 2, 2], min_length=1, max_length=6, description="Children per node at each level below the root."
     )
-    features_per_level: list[Annotated[int, Field(ge=0, le=64)]] = Field(
+    features_per_level: list[Annotated[int, Field(ge=0, le=64, strict=True)]] = Field(
         default=[4, 3, 2, 1],
+        max_length=7,
         description="Binary features attached to each node, from the root (shared by all items) to the leaves; "
         "length = len(branching) + 1.",
     )
-    item_names: list[str] | None = Field(
-        default=None, description="Names of the items (leaves), left to right. Default: dog, cat, sparrow, ... "
+    item_names: list[Name] | None = Field(
+        default=None,
+        max_length=MAX_ITEMS,
+        description="Names of the items (leaves), left to right. Default: dog, cat, sparrow, ... ",
     )
-    query_sets: dict[str, list[str]] = Field(
-        default_factory=dict, description="Named query sets: subsets of items, by name, that observables can track."
+    query_sets: dict[Name, list[Name]] = Field(
+        default_factory=dict,
+        max_length=256,
+        description="Named query sets: subsets of items, by name, that observables can track.",
     )
 
     @model_validator(mode="after")
@@ -44,6 +91,8 @@ class HierarchyData(Base):
                 f"got {len(self.features_per_level)}"
             )
         n_items = math.prod(self.branching)
+        if n_items > MAX_ITEMS:
+            raise ValueError(f"branching {self.branching} makes {n_items} items; at most {MAX_ITEMS}")
         if self.item_names is not None and len(self.item_names) != n_items:
             raise ValueError(f"item_names needs {n_items} names (product of branching), got {len(self.item_names)}")
         if self.item_names is not None and len(set(self.item_names)) != len(self.item_names):
@@ -65,7 +114,9 @@ class PythonData(Base):
     KEYED = ("kind", "factory", "options")
 
     kind: Literal["python"] = Field(description="Data built by user code.")
-    factory: str = Field(pattern=FACTORY_PATTERN, description="Import path 'package.module:function'.")
+    factory: str = Field(
+        pattern=FACTORY_PATTERN, max_length=MAX_TEXT, description="Import path 'package.module:function'."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
 
 
@@ -75,7 +126,9 @@ class TokenizerSpec(Base):
     KEYED = ("kind", "path")
 
     kind: Literal["byte", "hf"] = Field(default="byte", description="byte = UTF-8 bytes; hf = tokenizer.json file.")
-    path: str | None = Field(default=None, description="Local tokenizer.json (kind: hf), relative to the spec.")
+    path: str | None = Field(
+        default=None, max_length=4096, description="Local tokenizer.json (kind: hf), relative to the spec."
+    )
 
     @model_validator(mode="after")
     def _path_for_hf(self) -> TokenizerSpec:
@@ -103,16 +156,18 @@ class SyntheticLanguageData(Base):
     )
 
     kind: Literal["synthetic_language"] = Field(description="Built-in synthetic language.")
-    n_train: int = Field(default=4096, ge=1, le=1_000_000, description="Training windows.")
-    n_query: int = Field(default=64, ge=0, le=100_000, description="Held-out windows in the 'query' set.")
-    context: int = Field(default=64, ge=8, le=4096, description="Tokens per window.")
-    vocab_words: int = Field(default=400, ge=10, description="Lexicon size.")
-    zipf_exponent: float = Field(default=1.1, gt=0, description="Word frequency exponent.")
-    repeat_fraction: float = Field(default=1.0, ge=0, le=1, description="Fraction of windows with a repeated span.")
-    span_len: tuple[int, int] = Field(default=(8, 20), description="Min and max length of the repeated span.")
-    p_code: float = Field(default=0.3, ge=0, le=1, description="Probability of a code-like line (indentation).")
-    p_delimiter: float = Field(default=0.12, ge=0, le=1, description="Probability of a delimited group.")
-    p_number: float = Field(default=0.08, ge=0, le=1, description="Probability of a number.")
+    n_train: int = Field(default=4096, ge=1, le=1_000_000, strict=True, description="Training windows.")
+    n_query: int = Field(default=64, ge=0, le=100_000, strict=True, description="Held-out windows in the 'query' set.")
+    context: int = Field(default=64, ge=8, le=4096, strict=True, description="Tokens per window.")
+    vocab_words: int = Field(default=400, ge=10, le=1_000_000, strict=True, description="Lexicon size.")
+    zipf_exponent: Float = Field(default=1.1, gt=0, le=100, description="Word frequency exponent.")
+    repeat_fraction: Float = Field(default=1.0, ge=0, le=1, description="Fraction of windows with a repeated span.")
+    span_len: tuple[SpanLength, SpanLength] = Field(
+        default=(8, 20), description="Min and max length of the repeated span."
+    )
+    p_code: Float = Field(default=0.3, ge=0, le=1, description="Probability of a code-like line (indentation).")
+    p_delimiter: Float = Field(default=0.12, ge=0, le=1, description="Probability of a delimited group.")
+    p_number: Float = Field(default=0.08, ge=0, le=1, description="Probability of a number.")
 
     def options(self) -> dict:
         return self.model_dump(exclude={"kind", "n_train", "n_query", "context"})
@@ -124,11 +179,17 @@ class TextFilesData(Base):
     KEYED = ("kind", "paths", "context", "stride", "query_fraction", "max_windows", "tokenizer")
 
     kind: Literal["text_files"] = Field(description="Local text files.")
-    paths: list[str] = Field(min_length=1, description="Files or globs, relative to the spec file.")
-    context: int = Field(default=64, ge=2, le=65536, description="Tokens per window.")
-    stride: int | None = Field(default=None, ge=1, description="Window stride (default: context).")
-    query_fraction: float = Field(default=0.1, ge=0, lt=1, description="Tail of the token stream held out as 'query'.")
-    max_windows: int | None = Field(default=None, ge=1, description="Cap on training windows.")
+    paths: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        min_length=1, max_length=1000, description="Files or globs, relative to the spec file."
+    )
+    context: int = Field(default=64, ge=2, le=65536, strict=True, description="Tokens per window.")
+    stride: int | None = Field(
+        default=None, ge=1, le=65536, strict=True, description="Window stride (default: context)."
+    )
+    query_fraction: Float = Field(default=0.1, ge=0, lt=1, description="Tail of the token stream held out as 'query'.")
+    max_windows: int | None = Field(
+        default=None, ge=1, le=100_000_000, strict=True, description="Cap on training windows."
+    )
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="How text becomes tokens.")
 
 
@@ -144,11 +205,13 @@ class DeepLinearModel(Base):
     KEYED = ("kind", "hidden", "init_scale", "bias")
 
     kind: Literal["deep_linear"] = Field(description="Built-in deep linear network.")
-    hidden: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        default=[16], min_length=1, description="Widths of the hidden layers."
+    hidden: list[Annotated[int, Field(ge=1, le=4096, strict=True)]] = Field(
+        default=[16], min_length=1, max_length=64, description="Widths of the hidden layers."
     )
-    init_scale: float = Field(default=1e-3, gt=0, description="Std of the Gaussian initialisation (small = stagewise).")
-    bias: bool = Field(default=False, description="Add bias terms to each layer.")
+    init_scale: Float = Field(
+        default=1e-3, gt=0, le=1e6, description="Std of the Gaussian initialisation (small = stagewise)."
+    )
+    bias: Bool = Field(default=False, description="Add bias terms to each layer.")
 
 
 class PythonModel(Base):
@@ -157,7 +220,9 @@ class PythonModel(Base):
     KEYED = ("kind", "factory", "options")
 
     kind: Literal["python"] = Field(description="Model built by user code.")
-    factory: str = Field(pattern=FACTORY_PATTERN, description="Import path 'package.module:function'.")
+    factory: str = Field(
+        pattern=FACTORY_PATTERN, max_length=MAX_TEXT, description="Import path 'package.module:function'."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the factory.")
 
 
@@ -178,17 +243,19 @@ class TransformerModel(Base):
     )
 
     kind: Literal["transformer"] = Field(description="Built-in transformer.")
-    n_layers: int = Field(default=2, ge=1, le=64, description="Layers.")
-    n_heads: int = Field(default=4, ge=1, le=128, description="Attention heads per layer.")
-    d_model: int = Field(default=64, ge=4, le=16384, description="Residual stream width.")
-    d_head: int | None = Field(default=None, ge=1, description="Head width (default d_model / n_heads).")
-    mlp: bool = Field(default=False, description="Add MLP blocks (false = attention-only).")
-    d_mlp: int | None = Field(default=None, ge=1, description="MLP width (default 4·d_model).")
+    n_layers: int = Field(default=2, ge=1, le=64, strict=True, description="Layers.")
+    n_heads: int = Field(default=4, ge=1, le=128, strict=True, description="Attention heads per layer.")
+    d_model: int = Field(default=64, ge=4, le=16384, strict=True, description="Residual stream width.")
+    d_head: int | None = Field(
+        default=None, ge=1, le=16384, strict=True, description="Head width (default d_model / n_heads)."
+    )
+    mlp: Bool = Field(default=False, description="Add MLP blocks (false = attention-only).")
+    d_mlp: int | None = Field(default=None, ge=1, le=65536, strict=True, description="MLP width (default 4·d_model).")
     positions: Literal["learned", "shortformer"] = Field(
         default="shortformer", description="shortformer: positions enter queries/keys only."
     )
-    layer_norm: bool = Field(default=True, description="Pre-LayerNorm.")
-    init_std: float = Field(default=0.02, gt=0, description="Std of the weight initialisation.")
+    layer_norm: Bool = Field(default=True, description="Pre-LayerNorm.")
+    init_std: Float = Field(default=0.02, gt=0, le=1e6, description="Std of the weight initialisation.")
 
 
 class HFCausalLM(Base):
@@ -197,7 +264,9 @@ class HFCausalLM(Base):
     KEYED = ("kind", "path")
 
     kind: Literal["hf_causal_lm"] = Field(description="Hugging Face causal LM (optional extra: transformers).")
-    path: str = Field(description="Local folder with config.json (architecture), relative to the spec.")
+    path: str = Field(
+        max_length=4096, description="Local folder with config.json (architecture), relative to the spec."
+    )
 
 
 Model = Annotated[DeepLinearModel | PythonModel | TransformerModel | HFCausalLM, Field(discriminator="kind")]
@@ -209,9 +278,13 @@ Model = Annotated[DeepLinearModel | PythonModel | TransformerModel | HFCausalLM,
 class CheckpointSchedule(Base):
     """Which training steps are saved: explicit steps, or N log-spaced steps between 1 and the last step."""
 
-    steps: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, description="Explicit steps to save.")
-    log_spaced: int | None = Field(default=None, ge=2, le=10000, description="Number of log-spaced checkpoints.")
-    include_zero: bool = Field(default=True, description="Also save step 0 (the initialisation).")
+    steps: list[Step] | None = Field(
+        default=None, min_length=1, max_length=10_000, description="Explicit steps to save."
+    )
+    log_spaced: int | None = Field(
+        default=None, ge=2, le=10000, strict=True, description="Number of log-spaced checkpoints."
+    )
+    include_zero: Bool = Field(default=True, description="Also save step 0 (the initialisation).")
 
     @model_validator(mode="after")
     def _one_kind(self) -> CheckpointSchedule:
@@ -227,13 +300,19 @@ class Training(Base):
     UNKEYED = ("log_every", "checkpoints")  # logging; which steps exist (one stage each)
 
     optimizer: Literal["sgd", "adam", "adamw"] = Field(default="sgd", description="Optimizer.")
-    lr: float = Field(default=0.05, gt=0, description="Learning rate.")
-    momentum: float = Field(default=0.0, ge=0, lt=1, description="SGD momentum.")
-    weight_decay: float = Field(default=0.0, ge=0, description="Weight decay.")
-    steps: int = Field(default=3000, ge=1, le=10_000_000, description="Number of optimizer steps.")
-    batch_size: int | None = Field(default=None, ge=1, description="Minibatch size; null = full batch.")
+    lr: Float = Field(default=0.05, gt=0, le=1e6, description="Learning rate.")
+    momentum: Float = Field(default=0.0, ge=0, lt=1, description="SGD momentum.")
+    weight_decay: Float = Field(default=0.0, ge=0, description="Weight decay.")
+    steps: int = Field(default=3000, ge=1, le=MAX_STEPS, strict=True, description="Number of optimizer steps.")
+    batch_size: int | None = Field(
+        default=None, ge=1, le=10_000_000, strict=True, description="Minibatch size; null = full batch."
+    )
     log_every: int | None = Field(
-        default=None, ge=1, description="Record the training loss every N steps (null: about 1000 points)."
+        default=None,
+        ge=1,
+        le=MAX_STEPS,
+        strict=True,
+        description="Record the training loss every N steps (null: about 1000 points).",
     )
     checkpoints: CheckpointSchedule = Field(description="Which steps to save as checkpoints.")
 
@@ -259,22 +338,19 @@ class LoadedCheckpoints(Base):
     """Checkpoints loaded from local files; the step is parsed from each path."""
 
     glob: str = Field(
-        description="Glob of checkpoint files (state_dict .pt) or Hugging Face revision folders, relative to the spec."
+        min_length=1,
+        max_length=4096,
+        description="Glob of checkpoint files (state_dict .pt) or Hugging Face revision folders, relative to the spec.",
     )
     step_pattern: str = Field(
-        default=r"(\d+)", description="Regex applied to the file name; its first group is the step."
+        default=r"(\d+)", max_length=1000, description="Regex applied to the file name; its first group is the step."
     )
 
     @field_validator("step_pattern")
     @classmethod
     def _has_group(cls, v: str) -> str:
-        import re
-
-        try:
-            if re.compile(v).groups < 1:
-                raise ValueError("step_pattern needs one capturing group, e.g. 'step(\\d+)'")
-        except re.error as e:
-            raise ValueError(f"step_pattern is not a valid regex: {e}") from None
+        if _compile(v).groups < 1:
+            raise ValueError("step_pattern needs one capturing group, e.g. 'step(\\d+)'")
         return v
 
 
@@ -292,7 +368,9 @@ class RegexRule(Base):
     KEYED_IF_SET = ("mode",)  # added after caches existed: the default keeps their keys
 
     kind: Literal["regex"] = Field(description="Decoded token text matches a regex (left context visible).")
-    pattern: str = Field(min_length=1, description="Python regex, applied from the token's first character.")
+    pattern: str = Field(
+        min_length=1, max_length=1000, description="Python regex, applied from the token's first character."
+    )
     mode: Literal["search", "match", "fullmatch"] = Field(
         default="search",
         description="search: anywhere in the token; match: at its start; fullmatch: the whole token "
@@ -302,12 +380,7 @@ class RegexRule(Base):
     @field_validator("pattern")
     @classmethod
     def _compiles(cls, v: str) -> str:
-        import re
-
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"not a valid regex: {e}") from None
+        _compile(v)
         return v
 
 
@@ -315,21 +388,27 @@ class TokenIdsRule(Base):
     KEYED = ("kind", "ids")
 
     kind: Literal["token_ids"] = Field(description="Token id in a list.")
-    ids: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, description="Token ids.")
+    ids: list[Annotated[int, Field(ge=0, le=10_000_000, strict=True)]] = Field(
+        min_length=1, max_length=100_000, description="Token ids."
+    )
 
 
 class PositionsRule(Base):
     KEYED = ("kind", "positions")
 
     kind: Literal["positions"] = Field(description="Token at given positions of the window.")
-    positions: list[int] = Field(min_length=1, description="Positions 1..T-1 (negative: from the end).")
+    positions: list[Annotated[int, Field(ge=-65536, le=65536, strict=True)]] = Field(
+        min_length=1, max_length=65536, description="Positions 1..T-1 (negative: from the end)."
+    )
 
 
 class PythonRule(Base):
     KEYED = ("kind", "factory")
 
     kind: Literal["python"] = Field(description="User predicate: tokens [n, T] -> bool mask [n, T].")
-    factory: str = Field(pattern=FACTORY_PATTERN, description="Import path 'package.module:function'.")
+    factory: str = Field(
+        pattern=FACTORY_PATTERN, max_length=MAX_TEXT, description="Import path 'package.module:function'."
+    )
 
 
 TokenRule = Annotated[
@@ -346,9 +425,11 @@ class TokenClasses(Base):
         default="default",
         description="default = built-in delimiters, formatting, punctuation, digits, word_start, word_continuation.",
     )
-    induction: bool = Field(default=True, description="Add the 'induction' class.")
-    rules: dict[str, TokenRule] = Field(default_factory=dict, description="Extra classes by name.")
-    remainder: str = Field(default="other", pattern=NAME_PATTERN, description="Class of tokens no rule claims.")
+    induction: Bool = Field(default=True, description="Add the 'induction' class.")
+    rules: dict[Name, TokenRule] = Field(default_factory=dict, max_length=256, description="Extra classes by name.")
+    remainder: str = Field(
+        default="other", pattern=NAME_PATTERN, max_length=MAX_NAME, description="Class of tokens no rule claims."
+    )
 
 
 # ----------------------------------------------------------------------------- sampling and analyses
@@ -359,8 +440,10 @@ class Observable(Base):
 
     KEYED = ("name", "data")
 
-    name: str = Field(pattern=NAME_PATTERN, description="Name used by analyses and in SQL.")
-    data: str = Field(default="train", description="'train' or the name of a query set of the data.")
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME, description="Name used by analyses and in SQL.")
+    data: str = Field(
+        default="train", max_length=MAX_NAME, description="'train' or the name of a query set of the data."
+    )
 
 
 class Sampler(Base):
@@ -383,23 +466,34 @@ class Sampler(Base):
     UNKEYED = ("nbeta", "batch_size")  # enter resolved (stages/sample.py: nβ = B/ln B, B capped at n)
 
     method: Literal["sgld", "rmsprop_sgld"] = Field(default="sgld", description="Sampler update rule.")
-    eps: float = Field(default=1e-5, gt=0, le=1, description="Step size ε.")
-    gamma: float = Field(default=1e5, ge=0, description="Localization strength γ.")
-    nbeta: float | None = Field(default=None, gt=0, description="Inverse temperature nβ; null = B/ln B.")
-    chains: int = Field(default=8, ge=1, le=4096, description="Independent chains (run stacked).")
-    draws: int = Field(default=400, ge=2, le=1_000_000, description="Recorded draws per chain.")
-    burn_in: int = Field(default=100, ge=0, description="Steps before the first draw.")
-    steps_between_draws: int = Field(default=1, ge=1, description="SGLD steps per recorded draw.")
-    batch_size: int | None = Field(default=None, ge=1, description="Minibatch size; null = full batch.")
-    noise_level: float = Field(default=1.0, ge=0, description="Noise σ (1 keeps the sampling guarantee).")
-    weight_decay: float = Field(default=0.0, ge=0, description="λ, an extra pull towards 0.")
-    rmsprop_alpha: float = Field(default=0.99, gt=0, lt=1, description="RMSProp decay α.")
-    rmsprop_eps: float = Field(default=0.1, gt=0, description="RMSProp eps.")
+    eps: Float = Field(default=1e-5, gt=0, le=1, description="Step size ε.")
+    gamma: Float = Field(default=1e5, ge=0, le=1e12, description="Localization strength γ.")
+    nbeta: float | None = Field(
+        default=None, gt=0, le=1e12, strict=True, description="Inverse temperature nβ; null = B/ln B."
+    )
+    chains: int = Field(default=8, ge=1, le=4096, strict=True, description="Independent chains (run stacked).")
+    draws: int = Field(default=400, ge=2, le=1_000_000, strict=True, description="Recorded draws per chain.")
+    burn_in: int = Field(default=100, ge=0, le=1_000_000, strict=True, description="Steps before the first draw.")
+    steps_between_draws: int = Field(
+        default=1, ge=1, le=10_000, strict=True, description="SGLD steps per recorded draw."
+    )
+    batch_size: int | None = Field(
+        default=None, ge=1, le=10_000_000, strict=True, description="Minibatch size; null = full batch."
+    )
+    noise_level: Float = Field(default=1.0, ge=0, description="Noise σ (1 keeps the sampling guarantee).")
+    weight_decay: Float = Field(default=0.0, ge=0, description="λ, an extra pull towards 0.")
+    rmsprop_alpha: Float = Field(default=0.99, gt=0, lt=1, description="RMSProp decay α.")
+    rmsprop_eps: Float = Field(default=0.1, gt=0, description="RMSProp eps.")
     precision: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description="Compute precision of the model while sampling: bfloat16 autocasts its matmuls (weights, "
         "updates and recorded losses stay float32; effect measured in README).",
     )
+
+    @field_validator("nbeta", mode="before")
+    @classmethod
+    def _nbeta_number(cls, v: Any) -> Any:  # as Float (an Optional Float would spoil the JSON Schema)
+        return v if v is None else _number(v)
 
     @model_validator(mode="after")
     def _stable_localization(self) -> Sampler:
@@ -428,44 +522,95 @@ def analysis_name(a: Any) -> str:
 class DetectSettings(Base):
     """Transition detection parameters used by the report (see sbif_dsl.report.DetectParams)."""
 
-    prominence: float = Field(default=0.2, gt=0, le=1, description="Peak prominence, relative to the curve range.")
-    min_abs: float = Field(default=0.0, ge=0, description="Sign changes must leave the band ±min_abs around 0.")
-    min_rel: float = Field(default=0.05, ge=0, le=1, description="... or ±min_rel × the curve's max |value|.")
-    min_run: int = Field(default=2, ge=1, le=20, description="Checkpoints a sign must persist on each side.")
-    noise_k: float = Field(default=3.0, ge=0, description="Noise floor in robust noise sigmas (0 = off).")
-    curve_smooth: int = Field(default=1, ge=1, le=50, description="Moving average over checkpoints (1 = off).")
-    min_change: float = Field(default=0.05, ge=0, le=1, description="Changepoints: minimum change, relative.")
-    merge_decades: float = Field(default=0.1, ge=0, description="Events closer than this (decades) merge.")
+    prominence: Float = Field(default=0.2, gt=0, le=1, description="Peak prominence, relative to the curve range.")
+    min_abs: Float = Field(default=0.0, ge=0, description="Sign changes must leave the band ±min_abs around 0.")
+    min_rel: Float = Field(default=0.05, ge=0, le=1, description="... or ±min_rel × the curve's max |value|.")
+    min_run: int = Field(
+        default=2, ge=1, le=20, strict=True, description="Checkpoints a sign must persist on each side."
+    )
+    noise_k: Float = Field(default=3.0, ge=0, description="Noise floor in robust noise sigmas (0 = off).")
+    curve_smooth: int = Field(
+        default=1, ge=1, le=50, strict=True, description="Moving average over checkpoints (1 = off)."
+    )
+    min_change: Float = Field(default=0.05, ge=0, le=1, description="Changepoints: minimum change, relative.")
+    merge_decades: Float = Field(default=0.1, ge=0, description="Events closer than this (decades) merge.")
     value: Literal["bif_corr", "bif_cov"] = Field(default="bif_corr", description="Influence column to analyse.")
 
 
 class ReportSection(Base):
     """A user section: a SQL query over the views and a chart."""
 
-    title: str = Field(description="Section heading.")
-    sql: str = Field(min_length=1, description="SQL over the documented views.")
+    title: str = Field(max_length=MAX_TEXT, description="Section heading.")
+    sql: str = Field(min_length=1, max_length=100_000, description="SQL over the documented views.")
     chart: Literal["line", "heatmap", "bar", "table"] = Field(default="table", description="Chart type.")
-    x: str | None = Field(default=None, description="Column for the x encoding.")
-    y: str | None = Field(default=None, description="Column for the y encoding.")
-    color: str | None = Field(default=None, description="Column for colour.")
-    log_x: bool = Field(default=False, description="Log-scale the x axis.")
+    x: str | None = Field(default=None, max_length=MAX_TEXT, description="Column for the x encoding.")
+    y: str | None = Field(default=None, max_length=MAX_TEXT, description="Column for the y encoding.")
+    color: str | None = Field(default=None, max_length=MAX_TEXT, description="Column for colour.")
+    log_x: Bool = Field(default=False, description="Log-scale the x axis.")
 
 
 class Report(Base):
     """What the HTML report shows. Cosmetic: changing it recomputes nothing."""
 
-    title: str | None = Field(default=None, description="Report title (default: the study title or name).")
-    pairs: list[tuple[str, str]] = Field(
-        default_factory=list, description="Sample pairs [source, target] whose influence trajectories are plotted."
+    title: str | None = Field(
+        default=None, max_length=MAX_TEXT, description="Report title (default: the study title or name)."
     )
-    class_pairs: list[tuple[str, str]] = Field(
-        default_factory=list, description="Token-class pairs [source, target] whose influence is plotted."
+    pairs: list[tuple[Name, Name]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Sample pairs [source, target] whose influence trajectories are plotted.",
     )
-    heatmap_steps: list[int] | None = Field(
-        default=None, description="Checkpoint steps for BIF heatmaps (default: a few spread over training)."
+    class_pairs: list[tuple[Name, Name]] = Field(
+        default_factory=list,
+        max_length=1000,
+        description="Token-class pairs [source, target] whose influence is plotted.",
+    )
+    heatmap_steps: list[Step] | None = Field(
+        default=None,
+        max_length=100,
+        description="Checkpoint steps for BIF heatmaps (default: a few spread over training).",
     )
     detect: DetectSettings = Field(default_factory=DetectSettings, description="Transition detection.")
-    sections: list[ReportSection] = Field(default_factory=list, description="User sections.")
+    sections: list[ReportSection] = Field(default_factory=list, max_length=100, description="User sections.")
+
+
+class Diagnostics(Base):
+    """Thresholds of the convergence screens (sbif_dsl/sampling/screens.py explains the statistics and defaults).
+
+    Display only, never keyed: they change which checkpoints `sbif run` flags and what the report shows, and
+    recompute nothing. The stage stores the raw statistics, and the `verdict`/`reason` columns of the `diagnostics`
+    view are computed with these defaults (they stay the same whatever this block says)."""
+
+    UNKEYED = (  # display only
+        "rhat_warn", "rhat_fail", "ess_warn", "ess_fail", "drift_warn", "drift_fail", "descent_warn", "descent_fail",
+    )  # fmt: skip
+
+    rhat_warn: Float = Field(default=1.01, gt=1, le=100, description="Split-R̂ above this warns.")
+    rhat_fail: Float = Field(default=1.1, gt=1, le=100, description="Split-R̂ above this fails.")
+    ess_warn: Float = Field(default=100.0, ge=0, le=1e12, description="Bulk ESS below this warns.")
+    ess_fail: Float = Field(default=20.0, ge=0, le=1e12, description="Bulk ESS below this fails.")
+    drift_warn: Float = Field(
+        default=3.0, gt=0, le=1e6, description="|drift| (standard errors of the combined slope) above this warns."
+    )
+    drift_fail: Float = Field(default=6.0, gt=0, le=1e6, description="|drift| above this fails.")
+    descent_warn: Float = Field(
+        default=1.0,
+        gt=0,
+        le=1e6,
+        description="Mean sampled minibatch loss this many of its SDs below L(w*) warns (not a local minimum).",
+    )
+    descent_fail: Float = Field(default=3.0, gt=0, le=1e6, description="... this many SDs below L(w*) fails.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Diagnostics:
+        if (
+            self.rhat_fail < self.rhat_warn
+            or self.drift_fail < self.drift_warn
+            or self.descent_fail < self.descent_warn
+            or self.ess_fail > self.ess_warn
+        ):
+            raise ValueError("a fail threshold must be at least as far out as its warn threshold")
+        return self
 
 
 # ----------------------------------------------------------------------------- study
@@ -474,10 +619,12 @@ class Report(Base):
 class Study(Base):
     """One study: model, checkpoints, data, observables, sampler, analyses and report."""
 
-    name: str = Field(pattern=NAME_PATTERN, description="Study name; how SQL views refer to it.")
-    title: str | None = Field(default=None, description="Human title (cosmetic).")
-    description: str | None = Field(default=None, description="Free text (cosmetic).")
-    seed: int = Field(default=0, ge=0, lt=2**63, description="Study seed; every stage's seed derives from it.")
+    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME, description="Study name; how SQL views refer to it.")
+    title: str | None = Field(default=None, max_length=MAX_TEXT, description="Human title (cosmetic).")
+    description: str | None = Field(default=None, max_length=10_000, description="Free text (cosmetic).")
+    seed: int = Field(
+        default=0, ge=0, lt=2**63, strict=True, description="Study seed; every stage's seed derives from it."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto = CUDA when present.")
     dtype: Literal["float32", "float64"] = Field(default="float32", description="Floating dtype of weights.")
     model: Model = Field(description="The model.")
@@ -487,17 +634,23 @@ class Study(Base):
     observables: list[Observable] = Field(
         default_factory=lambda: [Observable(name="train", data="train")],
         min_length=1,
+        max_length=256,
         description="Sample sets tracked at every draw.",
     )
     sampler: Sampler = Field(default_factory=Sampler, description="SGLD settings.")
     analyses: list[Analysis] = Field(
         default_factory=lambda: [ANALYSIS["bif"].spec(kind="bif"), ANALYSIS["llc"].spec(kind="llc")],
+        max_length=100,
         description="Analyses per checkpoint.",
     )
     token_classes: TokenClasses | None = Field(
         default=None, description="Token classes for language models (class_bif, class_loss)."
     )
     report: Report = Field(default_factory=Report, description="HTML report settings (cosmetic).")
+    diagnostics: Diagnostics = Field(
+        default_factory=Diagnostics,
+        description="Convergence-screen thresholds: what `sbif run` flags (display only, never keyed).",
+    )
 
     @model_validator(mode="after")
     def _one_checkpoint_source(self) -> Study:

@@ -43,15 +43,19 @@ class AgreementAnalysis(Base):
     UNKEYED = ("name", "kind", "bif", "loo")  # what it compares: its inputs
 
     kind: Literal["agreement"] = Field(description="BIF vs leave-one-out agreement.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'agreement').")
-    bif: str = Field(default="bif", description="Name of the bif (or cumulative_bif) analysis to compare.")
-    loo: str = Field(default="loo", description="Name of the loo analysis to compare.")
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL (default 'agreement')."
+    )
+    bif: str = Field(
+        default="bif", max_length=128, description="Name of the bif (or cumulative_bif) analysis to compare."
+    )
+    loo: str = Field(default="loo", max_length=128, description="Name of the loo analysis to compare.")
     value: Literal["bif_cov", "bif_corr"] = Field(
         default="bif_cov",
         description="BIF column compared with Δ: -Cov (bif_cov, keeps each checkpoint's magnitude, as Δ does) or "
         "-Corr (bif_corr).",
     )
-    diagonal: bool = Field(default=False, description="Also compare self-influence pairs (i = j).")
+    diagonal: bool = Field(default=False, strict=True, description="Also compare self-influence pairs (i = j).")
 
 
 def build(rt, analysis, index: int, plan) -> list[Stage]:

@@ -19,9 +19,11 @@ class BifAnalysis(Base):
     KEYED = ("source", "target", "normalize")
 
     kind: Literal["bif"] = Field(description="Bayesian influence function.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'bif').")
-    source: str = Field(default="train", description="Observable whose samples exert influence.")
-    target: str | None = Field(default=None, description="Observable influenced (default: source).")
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL (default 'bif')."
+    )
+    source: str = Field(default="train", max_length=128, description="Observable whose samples exert influence.")
+    target: str | None = Field(default=None, max_length=128, description="Observable influenced (default: source).")
     normalize: Literal["none", "pearson"] = Field(
         default="pearson", description="Which value fills the `value` column: -Cov (none) or -Corr (pearson)."
     )

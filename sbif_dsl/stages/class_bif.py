@@ -19,8 +19,8 @@ class ClassBifAnalysis(Base):
     KEYED = ("observable",)
 
     kind: Literal["class_bif"] = Field(description="Class × class token influence.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="query", description="Observable with per-token losses.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL.")
+    observable: str = Field(default="query", max_length=128, description="Observable with per-token losses.")
 
 
 def token_set_params(rt, analysis) -> dict:

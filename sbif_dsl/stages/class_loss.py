@@ -19,8 +19,8 @@ class ClassLossAnalysis(Base):
     KEYED = ("observable",)
 
     kind: Literal["class_loss"] = Field(description="Per-class loss curve.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="query", description="Observable whose tokens are scored.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL.")
+    observable: str = Field(default="query", max_length=128, description="Observable whose tokens are scored.")
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:

@@ -31,8 +31,10 @@ class CumulativeBifAnalysis(Base):
     UNKEYED = ("name", "kind", "bif")  # what it integrates: its inputs (the bif stages) and their steps
 
     kind: Literal["cumulative_bif"] = Field(description="BIF integrated along training up to each checkpoint.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default the kind).")
-    bif: str = Field(default="bif", description="Name of the bif analysis to integrate.")
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL (default the kind)."
+    )
+    bif: str = Field(default="bif", max_length=128, description="Name of the bif analysis to integrate.")
 
 
 def build(rt, analysis, index: int, plan) -> list[Stage]:

@@ -21,9 +21,11 @@ class InductionScoreAnalysis(Base):
     KEYED = ("seq_len", "n_seqs")
 
     kind: Literal["induction_score"] = Field(description="Prefix-matching attention score, max over heads.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    seq_len: int | None = Field(default=None, ge=4, description="Two copies of a block (default: the context).")
-    n_seqs: int = Field(default=32, ge=1, le=4096, description="Random sequences.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL.")
+    seq_len: int | None = Field(
+        default=None, ge=4, le=65536, strict=True, description="Two copies of a block (default: the context)."
+    )
+    n_seqs: int = Field(default=32, ge=1, le=4096, strict=True, description="Random sequences.")
 
 
 def seed_params(rt, analysis) -> dict:

@@ -19,7 +19,9 @@ class LlcAnalysis(Base):
     KEYED = ()
 
     kind: Literal["llc"] = Field(description="Local learning coefficient.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'llc').")
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL (default 'llc')."
+    )
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:

@@ -44,11 +44,18 @@ class LooAnalysis(Base):
     UNKEYED = ("name", "kind", "left_out", "target")  # left_out: which stages exist; target: keyed as its data set
 
     kind: Literal["loo"] = Field(description="Leave-one-out retraining (ground truth for the BIF).")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL (default 'loo').")
-    left_out: list[str] | None = Field(
-        default=None, min_length=1, description="Training samples to leave out, by name (default: every one)."
+    name: str | None = Field(
+        default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL (default 'loo')."
     )
-    target: str = Field(default="train", description="Observable whose samples' losses Δ is measured on.")
+    left_out: list[str] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Training samples to leave out, by name (default: every one).",
+    )
+    target: str = Field(
+        default="train", max_length=128, description="Observable whose samples' losses Δ is measured on."
+    )
     normalization: Literal["n", "n_minus_1"] = Field(
         default="n",
         description="Training loss without i. n: (1/n)·Σ_{k≠i} l_k, i's term removed and every other sample keeping "

@@ -19,8 +19,8 @@ class LossKernelAnalysis(Base):
     KEYED = ("observable",)
 
     kind: Literal["loss_kernel"] = Field(description="Loss kernel (arXiv 2509.26537).")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="train", description="Observable to correlate with itself.")
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL.")
+    observable: str = Field(default="train", max_length=128, description="Observable to correlate with itself.")
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:

@@ -81,22 +81,19 @@ def _write_traces(path: Path, traces: dict) -> None:
     pq.write_table(pa.concat_tables(parts), path, compression="zstd")
 
 
-def _mixing_rows(traces: dict) -> dict:
-    """Per observable and chain: lag-1 autocorrelation and AR(1) effective draws of the mean tracked loss."""
-    import numpy as np
+def _diagnostics_rows(traces: dict, batch_losses, init_loss: float) -> dict:
+    """The convergence screens of this checkpoint's chains (`sampling.screens`): per observable and for the minibatch
+    loss, one row over all chains and one per chain; every row carries the checkpoint's verdict under the default
+    thresholds (the spec's `diagnostics:` thresholds only change what `sbif run` prints and the report shows)."""
+    from ..sampling import screens
 
-    from ..sampling.mixing import ar1_mixing
-
-    rows: dict[str, list] = {"observable": [], "chain": [], "draws": [], "lag1_autocorr": [], "ess_ar1": []}
-    for obs, arr in traces.items():
-        c, d = arr.shape[:2]
-        rho, ess = ar1_mixing(arr.reshape(c, d, -1).astype(np.float64).mean(axis=2))  # of (chains, draws)
-        rows["observable"] += [obs] * c
-        rows["chain"] += list(range(c))
-        rows["draws"] += [d] * c
-        rows["lag1_autocorr"] += [float(v) if np.isfinite(v) else None for v in rho]
-        rows["ess_ar1"] += [float(v) if np.isfinite(v) else None for v in ess]
-    return rows
+    rows = screens.statistics(traces, batch_losses, init_loss)
+    verdict, reason = screens.verdict(rows)
+    return {
+        **{c: [r[c] for r in rows] for c in screens.COLUMNS},
+        "verdict": [verdict] * len(rows),
+        "reason": [reason] * len(rows),
+    }
 
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
@@ -142,25 +139,40 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         tables={
             "r_tracked": tracked_rows,
             "r_batch_losses": {"chain": chain.ravel(), "draw": draw.ravel(), "loss": bl.ravel()},
-            "r_trace_mixing": _mixing_rows(traces),
+            "r_diagnostics": _diagnostics_rows(traces, bl, res.init_loss),
         },
         artifacts={name: out_dir / name for name in ("traces.parquet", "summary.json", "batch_losses.npy")},
         measured={"sampling_wall_s": res.wall_s},
     )
 
 
+DIAGNOSTICS_DOC = (
+    "convergence screens per checkpoint (sbif_dsl/sampling/screens.py): series 'tracked' (an observable's mean loss; "
+    "rhat_max/rhat_median: split-R̂ over its samples, per sequence for token traces) or 'minibatch' (the SGLD "
+    "minibatch loss, observable NULL); chain NULL = over all chains (rhat: split-R̂, ess: Stan's bulk ESS of split "
+    "chains, drift: Σz/√C), else one chain (ess: that chain's, lag1_autocorr, ess_ar1, drift: slope / its "
+    "autocorrelation-corrected SE); change: fitted rise over the draws; rise_sd (minibatch): (mean loss − L(w*)) / "
+    "its sd, negative = below the checkpoint (not a local minimum); verdict (ok/warn/fail) and reason: the "
+    "checkpoint's, under the default thresholds (the spec's diagnostics: block changes what sbif run prints)"
+)
+
 KIND = Kind(
     name="sample",
-    # 4: keyed sampler fields declared by the spec (rmsprop settings only for rmsprop_sgld), trace mixing computed
-    # here; 3: device in the key is the spec's, batch losses are an artifact, no wall time in summary.json
-    version=4,
+    # 5: convergence screens (split-R̂, ESS, drift, verdict) in r_diagnostics, which also holds what r_trace_mixing
+    # held (trace_mixing is a view over it); 4: keyed sampler fields declared by the spec (rmsprop settings only for
+    # rmsprop_sgld), trace mixing computed here; 3: device in the key is the spec's, batch losses are an artifact,
+    # no wall time in summary.json
+    version=5,
     run="sbif_dsl.stages.sample:run",
     model=True,
     tables=(
         Table("r_tracked", "observable VARCHAR, data_set VARCHAR, sample_idx INTEGER, sample_name VARCHAR"),
         Table("r_batch_losses", "chain INTEGER, draw INTEGER, loss DOUBLE"),
         Table(
-            "r_trace_mixing", "observable VARCHAR, chain INTEGER, draws INTEGER, lag1_autocorr DOUBLE, ess_ar1 DOUBLE"
+            "r_diagnostics",
+            "series VARCHAR, observable VARCHAR, chain INTEGER, chains INTEGER, draws INTEGER, rhat DOUBLE, "
+            "rhat_max DOUBLE, rhat_median DOUBLE, ess DOUBLE, lag1_autocorr DOUBLE, ess_ar1 DOUBLE, drift DOUBLE, "
+            "change DOUBLE, rise_sd DOUBLE, verdict VARCHAR, reason VARCHAR",
         ),
     ),
     views=(
@@ -172,11 +184,22 @@ KIND = Kind(
             "SGLD minibatch loss per checkpoint, chain and draw (the LLC's input)",
         ),
         View(
+            "diagnostics",
+            """
+        SELECT ss.study, sr.step, d.series, d.observable, d.chain, d.chains, d.draws, d.rhat, d.rhat_max,
+               d.rhat_median, d.ess, d.lag1_autocorr, d.ess_ar1, d.drift, d.change, d.rise_sd, d.verdict,
+               d.reason
+        FROM {scope} JOIN r_diagnostics d ON d.key = sr.key""",
+            DIAGNOSTICS_DOC,
+        ),
+        View(
             "trace_mixing",
             """
         SELECT ss.study, sr.step, m.observable, m.chain, m.draws, m.lag1_autocorr, m.ess_ar1
-        FROM {scope} JOIN r_trace_mixing m ON m.key = sr.key""",
-            "per chain: lag-1 autocorrelation of an observable's mean loss over draws, AR(1) effective draws",
+        FROM {scope} JOIN r_diagnostics m ON m.key = sr.key
+        WHERE m.series = 'tracked' AND m.chain IS NOT NULL""",
+            "per chain: lag-1 autocorrelation of an observable's mean loss over draws, AR(1) effective draws "
+            "(the per-chain tracked rows of diagnostics)",
         ),
     ),
 )

@@ -20,10 +20,12 @@ class TokenBifAnalysis(Base):
     KEYED = ("observable", "sequences", "positions")
 
     kind: Literal["token_bif"] = Field(description="Token × token influence over a slice.")
-    name: str | None = Field(default=None, pattern=NAME_PATTERN, description="Name in SQL.")
-    observable: str = Field(default="query", description="Observable with per-token losses.")
-    sequences: list[str] = Field(min_length=1, max_length=64, description="Sample names of the sequences.")
-    positions: list[Annotated[int, Field(ge=0)]] | None = Field(
+    name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL.")
+    observable: str = Field(default="query", max_length=128, description="Observable with per-token losses.")
+    sequences: list[Annotated[str, Field(max_length=128)]] = Field(
+        min_length=1, max_length=64, description="Sample names of the sequences."
+    )
+    positions: list[Annotated[int, Field(ge=0, le=65536, strict=True)]] | None = Field(
         default=None, max_length=4096, description="Loss positions to keep (default: all)."
     )
 

@@ -1,4 +1,9 @@
-"""The cache: one DuckDB file for the registry and tabular results, artifact files under objects/ by key.
+"""The cache: one DuckDB file for the registry and tabular results, artifact files in its own objects folder.
+
+A cache `cache/sbif.duckdb` keeps its artifacts in `cache/sbif.objects/<kk>/<key>/` (no other database writes
+there, so `gc` can remove what its registry does not own). Caches made before that layout keep their
+`cache/objects/` (recorded in the meta table); `gc` leaves unregistered files there alone while another
+database shares the folder.
 
 A stage becomes visible only when its rows, its artifact checksums and its registry row commit in one
 transaction; artifacts are written to a temp name and renamed first, so a killed run leaves only
@@ -7,6 +12,7 @@ invisible orphans (removed by `gc`).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -58,9 +64,33 @@ class Store:
     def __init__(self, db_path: str | Path | None = None):
         self.db_path = Path(db_path) if db_path is not None else default_cache_path()
         self.root = self.db_path.parent
-        self.objects = self.root / "objects"
+        self.objects = self.root / self._objects_name()
         self.lock_path = self.db_path.with_name(self.db_path.name + ".lock")
         self._held: duckdb.DuckDBPyConnection | None = None
+
+    LEGACY_OBJECTS = "objects"
+
+    def _objects_name(self) -> str:
+        """This cache's objects folder (relative to its folder): recorded in its meta table; a new cache's is
+        `<name>.objects`, a cache from before that layout (no record, artifacts under objects/) keeps objects/."""
+        own = self.db_path.stem + ".objects"
+        if not self.db_path.exists():
+            return own
+        try:
+            with duckdb.connect(str(self.db_path), read_only=True) as con:
+                row = con.execute("SELECT value FROM meta WHERE name = 'objects_dir'").fetchone()
+                if row is not None:
+                    return row[0]
+                legacy = con.execute("SELECT count(*) FROM artifacts WHERE relpath LIKE 'objects/%'").fetchone()
+                return self.LEGACY_OBJECTS if legacy[0] else own
+        except duckdb.Error:
+            return own  # not readable yet (a writer holds it, or no tables): init decides and records it
+
+    def sharing_objects(self) -> list[Path]:
+        """Other caches in this folder that use the same (legacy) objects folder."""
+        if self.objects.name != self.LEGACY_OBJECTS:
+            return []
+        return sorted(p for p in self.root.glob("*.duckdb") if p.resolve() != self.db_path.resolve())
 
     # ------------------------------------------------------------------ connections
 
@@ -121,6 +151,7 @@ class Store:
         try:
             con.execute(tables_ddl())
             migrate(con)
+            con.execute("INSERT OR IGNORE INTO meta VALUES ('objects_dir', ?)", [self.objects.name])
             row = con.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
             if row is None:
                 con.execute("INSERT INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
@@ -247,9 +278,16 @@ class Store:
     # ------------------------------------------------------------------ registry
 
     def complete_keys(self, keys: list[str]) -> set[str]:
-        """Keys whose stage committed and whose artifact files are still present."""
-        if not self.db_path.exists() or not keys:
-            return set()
+        """Keys whose stage committed and whose artifact files are intact (see `_intact`): a missing, truncated or
+        rewritten artifact makes its stage missing, so a run recomputes it."""
+        return set(keys) - set(self.damaged(keys, registered_only=False))
+
+    def damaged(self, keys: list[str], registered_only: bool = True) -> dict[str, str]:
+        """key -> what is wrong (or "not in the cache", unless registered_only) for the given keys."""
+        if not keys:
+            return {}
+        if not self.db_path.exists():
+            return {} if registered_only else {k: "not in the cache" for k in keys}
         with self.connect(read_only=True, views=False) as con:
             con.execute("CREATE TEMP TABLE want (key VARCHAR)")
             con.executemany("INSERT INTO want VALUES (?)", [[k] for k in keys])
@@ -257,11 +295,33 @@ class Store:
                 r[0]
                 for r in con.execute("SELECT key FROM stage_registry WHERE key IN (SELECT key FROM want)").fetchall()
             }
-            arts = con.execute("SELECT key, relpath FROM artifacts WHERE key IN (SELECT key FROM want)").fetchall()
-        for key, rel in arts:
-            if key in done and not (self.root / rel).exists():
-                done.discard(key)
-        return done
+            arts = con.execute(
+                "SELECT key, name, relpath, sha256, bytes, mtime_ns FROM artifacts WHERE key IN (SELECT key FROM want)"
+            ).fetchall()
+        out = {} if registered_only else {k: "not in the cache" for k in keys if k not in done}
+        for key, name, rel, digest, size, mtime_ns in arts:
+            problem = self._intact(self.root / rel, digest, size, mtime_ns)
+            if key in done and problem and key not in out:
+                out[key] = f"artifact {name} {problem}"
+        return out
+
+    _verified: dict[tuple, bool] = {}  # (path, size, mtime_ns, inode, sha256) -> checksum matched, per process
+
+    def _intact(self, path: Path, digest: str, size: int, mtime_ns: int | None) -> str | None:
+        """None if the file is as committed, else what is wrong. Cheap: a file with its committed size and
+        modification time is trusted (as git's index does); any other is hashed (once per process and state)."""
+        try:
+            st = path.stat()
+        except OSError:
+            return "is missing"
+        if st.st_size != size:
+            return f"has {st.st_size} bytes, not the {size} committed (truncated or rewritten)"
+        if mtime_ns is not None and st.st_mtime_ns == mtime_ns:
+            return None
+        state = (str(path), st.st_size, st.st_mtime_ns, st.st_ino, digest)
+        if state not in self._verified:
+            self._verified[state] = file_sha256(path) == digest
+        return None if self._verified[state] else "fails its checksum (bytes changed since commit)"
 
     def commit(self, rec: StageRecord, out: StageOutput) -> None:
         self.commit_all([(rec, out)])
@@ -275,13 +335,16 @@ class Store:
 
     def _commit(self, con, rec: StageRecord, out: StageOutput) -> None:
         known = {t.name for t in result_tables()}
+        # A recompute writes into a new folder, so the committed files stay intact until the new ones commit.
+        old = [r[0] for r in con.execute("SELECT relpath FROM artifacts WHERE key = ?", [rec.key]).fetchall()]
+        folder = self._fresh_folder(rec.key) if old else self.objects / rec.key[:2] / rec.key
         art_rows = []
         for name, tmp in out.artifacts.items():
-            final = self.artifact_path(rec.key, name)
+            final = folder / name
             final.parent.mkdir(parents=True, exist_ok=True)
             digest, size = file_sha256(tmp), tmp.stat().st_size
             os.replace(tmp, final)
-            art_rows.append([rec.key, name, str(final.relative_to(self.root)), digest, size])
+            art_rows.append([rec.key, name, str(final.relative_to(self.root)), digest, size, final.stat().st_mtime_ns])
         con.execute("BEGIN TRANSACTION")
         try:
             # rows of a key exist only with its registry row (they commit together): replace them on a recompute
@@ -304,7 +367,10 @@ class Store:
                 con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM incoming")
                 con.unregister("incoming")
             if art_rows:
-                con.executemany("INSERT INTO artifacts VALUES (?, ?, ?, ?, ?)", art_rows)
+                con.executemany(
+                    "INSERT INTO artifacts (key, name, relpath, sha256, bytes, mtime_ns) VALUES (?, ?, ?, ?, ?, ?)",
+                    art_rows,
+                )
             con.execute(
                 "INSERT INTO stage_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
@@ -331,6 +397,17 @@ class Store:
         staging = out.artifacts and next(iter(out.artifacts.values())).parent
         if staging and staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+        for rel in set(old) - {r[2] for r in art_rows}:  # the replaced generation, now unreferenced
+            (self.root / rel).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                (self.root / rel).parent.rmdir()
+
+    def _fresh_folder(self, key: str) -> Path:
+        """objects/<kk>/<key>.g<n>/: where a recompute of a committed stage writes (n unused so far)."""
+        n = 2
+        while (self.objects / key[:2] / f"{key}.g{n}").exists():
+            n += 1
+        return self.objects / key[:2] / f"{key}.g{n}"
 
     @staticmethod
     def _delete_key(con, key: str) -> None:
@@ -377,7 +454,9 @@ class Store:
             ).fetchall()
 
     def gc(self, older_than: timedelta | None = None, dry_run: bool = False) -> list[str]:
-        """Drop stages no study references (or, with older_than, any stage older than that) and orphan files."""
+        """Drop stages no study references (or, with older_than, any stage older than that) and the files in this
+        cache's objects folder that its registry does not own (left by interrupted runs or replaced by a
+        recompute). In a legacy objects/ folder shared with another cache only the dropped stages' files go."""
         with self.connect(views=False) as con:
             query = "SELECT key FROM stage_registry WHERE key NOT IN (SELECT key FROM study_stages)"
             params: list[Any] = []
@@ -385,6 +464,10 @@ class Store:
                 query += " OR created_at < ?"
                 params.append(datetime.now(UTC).replace(tzinfo=None) - older_than)
             doomed = [r[0] for r in con.execute(query, params).fetchall()]
+            doomed_files = [
+                r[0]
+                for r in con.execute("SELECT relpath FROM artifacts WHERE list_contains(?, key)", [doomed]).fetchall()
+            ]
             if not dry_run:
                 con.execute("BEGIN TRANSACTION")
                 for key in doomed:
@@ -392,14 +475,20 @@ class Store:
                     con.execute("DELETE FROM study_stages WHERE key = ?", [key])
                 con.execute("COMMIT")
             live = {r[0] for r in con.execute("SELECT relpath FROM artifacts").fetchall()}
-        if not dry_run:
+        shared = self.sharing_objects()  # a legacy objects/ folder another cache writes too: its files are not ours
+        if not dry_run and not shared:
             for path in self.objects.glob("*/*/*"):  # objects/<kk>/<key>/<name>; staging is removed below
                 if path.parts[-3] != ".staging" and str(path.relative_to(self.root)) not in live:
                     path.unlink(missing_ok=True)
+        if not dry_run and shared:
+            for rel in doomed_files:  # only the files of the stages this registry dropped
+                (self.root / rel).unlink(missing_ok=True)
+        if not dry_run:
             for d in list(self.objects.glob("*/*")) + list(self.objects.glob("*")):
                 if d.is_dir() and d.name != ".staging" and not any(d.iterdir()):
                     d.rmdir()
-            shutil.rmtree(self.objects / ".staging", ignore_errors=True)
+            if not shared:  # a shared folder's staging may be another cache's running stage
+                shutil.rmtree(self.objects / ".staging", ignore_errors=True)
             with self.connect(views=False) as con:
                 con.execute("CHECKPOINT")
         return doomed

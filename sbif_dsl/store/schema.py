@@ -23,9 +23,10 @@ CREATE TABLE IF NOT EXISTS stage_registry (
     wall_s DOUBLE,
     created_at TIMESTAMP NOT NULL
 );
+-- mtime_ns: the file's modification time at commit (a cheap check that it was not rewritten since)
 CREATE TABLE IF NOT EXISTS artifacts (
     key VARCHAR NOT NULL, name VARCHAR NOT NULL, relpath VARCHAR NOT NULL, sha256 VARCHAR NOT NULL,
-    bytes BIGINT NOT NULL, PRIMARY KEY (key, name)
+    bytes BIGINT NOT NULL, mtime_ns BIGINT, PRIMARY KEY (key, name)
 );
 CREATE TABLE IF NOT EXISTS study_registry (
     study VARCHAR PRIMARY KEY, title VARCHAR, description VARCHAR, spec_path VARCHAR, spec_hash VARCHAR,
@@ -54,6 +55,7 @@ def migrate(con) -> None:
     rows: their views fall back to the registry's name, see store/views.py) and every result table gains the
     columns its kind declares since (NULL in old rows; the kind's version bump recomputes those stages)."""
     con.execute("ALTER TABLE study_stages ADD COLUMN IF NOT EXISTS analysis VARCHAR")
+    con.execute("ALTER TABLE artifacts ADD COLUMN IF NOT EXISTS mtime_ns BIGINT")
     for t in result_tables():
         for name, sql_type in t.column_types():
             con.execute(f"ALTER TABLE {t.name} ADD COLUMN IF NOT EXISTS {name} {sql_type}")

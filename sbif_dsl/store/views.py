@@ -63,10 +63,13 @@ def traces_view_sql(objects_dir: Path) -> str:
                   NULL::INTEGER AS sample_idx, NULL::VARCHAR AS sample_name, NULL::INTEGER AS pos,
                   NULL::INTEGER AS chain, NULL::INTEGER AS draw, NULL::FLOAT AS loss WHERE false"""
     pattern = str(objects_dir / "*" / "*" / "traces.parquet").replace("'", "''")
+    # objects/<kk>/<key>[.g<n>]/traces.parquet; only the generation the registry holds (a replaced one may linger)
     return f"""
         SELECT ss.study, sr.step, t.observable, t.sample_idx, k.sample_name, t.pos, t.chain, t.draw, t.loss
         FROM read_parquet('{pattern}', filename = true) t
-        JOIN {SCOPE} ON sr.key = split_part(replace(t.filename, '\\', '/'), '/', -2)
+        JOIN {SCOPE} ON sr.key = split_part(split_part(replace(t.filename, '\\', '/'), '/', -2), '.', 1)
+        JOIN artifacts a ON a.key = sr.key AND a.name = 'traces.parquet'
+                        AND ends_with(replace(t.filename, '\\', '/'), '/' || a.relpath)
         JOIN r_tracked k ON k.key = sr.key AND k.observable = t.observable AND k.sample_idx = t.sample_idx"""
 
 
