@@ -63,9 +63,11 @@ def _store(cache_path):
 
 def _runtime(spec_path, overrides):
     from .checks import load_checked
+
+    spec = load_checked(spec_path, list(overrides))  # before torch is imported: a bad spec fails fast
     from .runtime import runtime_for
 
-    return runtime_for(load_checked(spec_path, list(overrides)))
+    return runtime_for(spec)
 
 
 @click.group()
