@@ -21,6 +21,7 @@ REPORT_VIEWS = [
     "studies",
     "stages",
     "training_curve",
+    "diagnostics",
     "llc_summary",
     "bif",
     "class_bif",

@@ -89,6 +89,8 @@ def test_report_shows_intervals_significance_and_validation(tmp_path, cache_path
     assert "Validation: BIF vs leave-one-out" in text and "Pooled over all pairs and checkpoints" in text
     assert '"field":"lo"' in text and '"field":"llc_lo"' in text  # the influence and LLC bands
     assert "95% interval" in text
+    # the tiny study's 3 x 20 draws fail the screens: the strip says so
+    assert "Convergence screens" in text and "checkpoints flagged" in text and '"field":"verdict"' in text
     result = render(out)
     assert result.errors == [] and result.warnings == [], (result.errors, result.warnings)
     assert result.charts >= 6 and result.rendered == result.charts, result.missing

@@ -180,6 +180,17 @@ def standard_sections(
     ]
     if tc is not None:
         out.append(Section("Training loss", charts.loss_chart(tc, transitions=transitions)))
+    screens = _frame(frames, "diagnostics", study)
+    if screens is not None and "verdict" in screens.columns:
+        bad = screens.filter(pl.col("verdict") != "ok")["step"].unique().sort().to_list()
+        note = (
+            f"{len(bad)} of {screens['step'].n_unique()} checkpoints flagged (steps {', '.join(map(str, bad[:12]))}"
+            f"{', ...' if len(bad) > 12 else ''}): read the influence values there with the reason in mind "
+            "(hover a mark)."
+            if bad
+            else "every checkpoint passes the screens"
+        )
+        out.append(Section("Convergence screens", charts.screens_chart(screens), note=note))
     if llc is not None:
         out.append(Section("Local learning coefficient", charts.llc_chart(llc, transitions=transitions)))
     if bif is not None:

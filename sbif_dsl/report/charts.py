@@ -165,6 +165,30 @@ def loss_chart(
     return _layer([*transition_bands(transitions), line, hover], _title("Training loss", sub), width, height)
 
 
+VERDICT_COLORS = {"ok": "#4c9f70", "warn": "#e0a030", "fail": "#c0392b"}
+
+
+def screens_chart(screens: pl.DataFrame, *, width: int = WIDTH) -> alt.LayerChart:
+    """One mark per checkpoint, coloured by its convergence-screen verdict (hover: the reason).
+    screens: (step, verdict, reason), one row per checkpoint."""
+    df = screens.select("step", "verdict", "reason").unique("step").sort("step")
+    marks = (
+        alt.Chart(data(df))
+        .mark_tick(thickness=5, size=26)
+        .encode(
+            x=step_x(df),
+            color=alt.Color(
+                "verdict:N",
+                scale=alt.Scale(domain=list(VERDICT_COLORS), range=list(VERDICT_COLORS.values())),
+                title="screen",
+            ),
+            tooltip=[alt.Tooltip("step:Q", format=","), "verdict:N", "reason:N"],
+        )
+    )
+    sub = "per checkpoint: split-R̂, ESS, drift, loss below L(w*) (view diagnostics; hover for the reason)"
+    return _layer([marks], _title("Convergence screens", sub), width, 60)
+
+
 def llc_chart(
     llc_summary: pl.DataFrame,
     *,
