@@ -91,6 +91,7 @@ def test_report_shows_intervals_significance_and_validation(tmp_path, cache_path
     assert "95% interval" in text
     # the tiny study's 3 x 20 draws fail the screens: the strip says so
     assert "Convergence screens" in text and "checkpoints flagged" in text and '"field":"verdict"' in text
+    assert "fails its convergence screens" in text  # its values are crossed out in the influence chart
     result = render(out)
     assert result.errors == [] and result.warnings == [], (result.errors, result.warnings)
     assert result.charts >= 6 and result.rendered == result.charts, result.missing

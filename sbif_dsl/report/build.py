@@ -181,7 +181,9 @@ def standard_sections(
     if tc is not None:
         out.append(Section("Training loss", charts.loss_chart(tc, transitions=transitions)))
     screens = _frame(frames, "diagnostics", study)
+    failing: list[int] = []
     if screens is not None and "verdict" in screens.columns:
+        failing = screens.filter(pl.col("verdict") == "fail")["step"].unique().sort().to_list()
         bad = screens.filter(pl.col("verdict") != "ok")["step"].unique().sort().to_list()
         note = (
             f"{len(bad)} of {screens['step'].n_unique()} checkpoints flagged (steps {', '.join(map(str, bad[:12]))}"
@@ -198,7 +200,9 @@ def standard_sections(
             Section(
                 "Sample influence over training",
                 [
-                    charts.influence_chart(bif, value=value, pairs=sel, events=events, transitions=transitions),
+                    charts.influence_chart(
+                        bif, value=value, pairs=sel, events=events, transitions=transitions, failing=failing
+                    ),
                     charts.heatmap_grid(bif, heatmap_steps, value=value),
                     charts.heatmap_slider(bif, value=value),
                 ],
@@ -215,6 +219,7 @@ def standard_sections(
                         pairs=csel,
                         events=events,
                         transitions=transitions,
+                        failing=failing,
                         title="Class × class influence trajectories",
                     ),
                     charts.heatmap_grid(

@@ -254,10 +254,12 @@ def influence_chart(
     events: pl.DataFrame | None = None,
     transitions: pl.DataFrame | None = None,
     title: str = "Influence trajectories",
+    failing: Sequence[int] = (),
     width: int = WIDTH,
     height: int = 340,
 ) -> alt.LayerChart:
-    """BIF of selected (source → target) pairs over checkpoints, with sign flips and |BIF| peaks marked.
+    """BIF of selected (source → target) pairs over checkpoints, with sign flips and |BIF| peaks marked, and the
+    values at checkpoints whose convergence screens fail (`failing` steps) crossed out.
 
     bif: the `bif` view (source, target, bif_corr/bif_cov), the `class_bif` view (source_class, ...) or a
     `pairs_frame`. events: `detect_events` output (its bif_sign_flip/bif_peak rows for these pairs are drawn).
@@ -310,6 +312,24 @@ def influence_chart(
             )
         )
     layers.append(lines)
+    flagged = df.filter(pl.col("step").is_in(list(failing)))
+    if not flagged.is_empty():  # values from checkpoints that fail the convergence screens
+        layers.append(
+            alt.Chart(data(flagged))
+            .mark_point(shape="cross", size=70, strokeWidth=1.5, color="#333")
+            .encode(
+                x=step_x(df),
+                y="value:Q",
+                opacity=alt.condition(pick, alt.value(0.9), alt.value(0.1)),
+                tooltip=[
+                    alt.Tooltip("pair:N", title="source → target"),
+                    alt.Tooltip("step:Q", format=","),
+                    alt.Tooltip("value:Q", title=label, format="+.4g"),
+                    alt.Tooltip("screen:N", title="convergence screens"),
+                ],
+            )
+            .transform_calculate(screen="'fail: see the Convergence screens section'")
+        )
     sig_known = False
     if events is not None and not events.is_empty():
         names = (df["source"] + "→" + df["target"]).unique().to_list()
@@ -356,6 +376,8 @@ def influence_chart(
         marks += " (filled: significant by the 95% intervals, hollow: not)"
     if has_band:
         marks += "; shaded: the 95% interval at each checkpoint"
+    if not flagged.is_empty():
+        marks += "; ✚ the checkpoint fails its convergence screens"
     sub.append(marks)
     return _layer(layers, _title(title, sub), width, height).resolve_scale(color="shared")
 
