@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from .errors import SbifError, SpecError, UsageError
+from .errors import STORAGE_HINT, SbifError, SpecError, UsageError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -21,6 +22,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 def _fail(msg: str, code: int) -> None:
     click.echo(msg, err=True)
     sys.exit(code)
+
+
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+_STORAGE_HINT = STORAGE_HINT
 
 
 def handle_errors(fn):
@@ -38,6 +43,20 @@ def handle_errors(fn):
             _fail(f"error: {e}", e.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted: completed stages are saved; run again to resume", 130)
+        except OSError as e:  # disk full, read-only or unwritable cache: the cache itself stays consistent
+            if os.environ.get("SBIF_DEBUG") or e.errno not in _STORAGE_ERRNOS:
+                raise
+            where = f" ({e.filename})" if e.filename else ""
+            _fail(f"error: {e.strerror}{where}; {_STORAGE_HINT}", EXIT_FAILED)
+        except Exception as e:
+            import duckdb
+
+            if os.environ.get("SBIF_DEBUG") or not isinstance(e, duckdb.Error):
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            storage = any(w in first.lower() for w in ("no space", "disk", "read-only", "permission", "quota"))
+            hint = _STORAGE_HINT if storage else "hint: SBIF_DEBUG=1 shows the traceback"
+            _fail(f"error: the cache database failed: {first}; {hint}", EXIT_FAILED)
 
     return wrapper
 

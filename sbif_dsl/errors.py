@@ -68,3 +68,9 @@ def one_line(text: str, limit: int = MAX_PROBLEM_CHARS) -> str:
     if n > limit or len(text) > limit:
         text = text[: limit - 40] + f"… ({n} characters in all)"
     return text
+
+
+STORAGE_HINT = (
+    "hint: free space (or fix the permissions) and run again: completed stages are kept and nothing half-written "
+    "counts as done; or use --cache on another disk"
+)

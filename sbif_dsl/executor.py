@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import SbifError
+from .errors import STORAGE_HINT, SbifError
 from .hashing import sha256_hex
 from .plan import Plan
 from .runtime import runtime_for
@@ -104,12 +104,13 @@ def run_unit(
     in a Ray task."""
     files = dict(files)
     results: list[StageResult] = []
+    out_dir, label = workdir, "set-up"
     try:
         rt = runtime_for(ctx.spec, ctx.dataset_digest)
         rt.check_dataset(ctx.dataset_digest)
         with rt.thread_policy(ctx.threads):
             for stage in stages:
-                out_dir = workdir / stage.key
+                out_dir, label = workdir / stage.key, stage.label
                 out_dir.mkdir(parents=True, exist_ok=True)
                 inputs = Inputs({k: files[k] for k in stage.needs()})
                 t0 = time.perf_counter()
@@ -118,6 +119,9 @@ def run_unit(
                 files[stage.key] = dict(out.artifacts)
                 provenance = {**rt.provenance(), **out.measured, "wall_s": wall}
                 results.append(StageResult(stage.key, out, provenance, str(rt.device), wall))
+    except OSError as e:  # a full or read-only disk under the stage's files: say which stage and where
+        where = e.filename or out_dir
+        return results, SbifError(f"{e.strerror} writing {where} (stage {label}); {STORAGE_HINT}")
     except Exception as e:  # noqa: BLE001 - returned, not raised: the driver commits what finished, then raises
         return results, e
     return results, None

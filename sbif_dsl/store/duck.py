@@ -392,7 +392,8 @@ class Store:
             )
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):  # a failed COMMIT (disk full) has already rolled back
+                con.execute("ROLLBACK")
             raise
         staging = out.artifacts and next(iter(out.artifacts.values())).parent
         if staging and staging.exists():

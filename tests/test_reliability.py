@@ -1,0 +1,60 @@
+"""The cache under a full disk: one line and exit 1, nothing half-written counts as done, and the run resumes to
+bitwise the results of a run that never failed (a small tmpfs in a private mount namespace; needs root)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from sbif_dsl.store import Store, fetch_frame
+
+from .conftest import REPO, sbif, write_spec
+
+VIEWS = ("bif", "llc_summary", "loss_kernel", "checkpoints", "diagnostics")
+
+
+def _namespace_problem() -> str | None:
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare to mount a private tmpfs"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=1m tmpfs /mnt"], capture_output=True)
+    return None if probe.returncode == 0 else f"cannot mount a tmpfs here: {probe.stderr.decode().strip()}"
+
+
+def _frames(cache):
+    with Store(cache).connect(read_only=True) as con:
+        return {v: fetch_frame(con, f"SELECT * FROM {v}").drop(["wall_s"], strict=False) for v in VIEWS}
+
+
+@pytest.mark.parametrize("size", ["1200k", "2m"])  # full while DuckDB grows its WAL / while a stage writes files
+def test_disk_full_is_one_line_and_the_run_resumes_bitwise(tmp_path, size):
+    problem = _namespace_problem()
+    if problem:
+        pytest.skip(problem)
+    spec = write_spec(tmp_path)
+    reference = tmp_path / "ref" / "sbif.duckdb"
+    sbif("run", str(spec), cache=reference)
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    cache = mnt / "sbif.duckdb"
+    sbif_cmd = f"{sys.executable} -m sbif_dsl.cli run {spec} --cache {cache} -q"
+    script = (
+        f"mount -t tmpfs -o size={size} tmpfs {mnt} && cd {REPO} && "
+        f"{sbif_cmd} > {tmp_path}/full.out 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc; "
+        f"mount -o remount,size=256m {mnt} && {sbif_cmd} > {tmp_path}/again.out 2>&1; echo $? > {tmp_path}/again.rc; "
+        f"cp -r {mnt} {tmp_path}/copy"  # the tmpfs vanishes with the namespace
+    )
+    subprocess.run(["unshare", "-m", "sh", "-c", script], check=True, timeout=300)
+    err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "1", err
+    assert "No space left on device" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "run again" in err
+    assert (tmp_path / "again.rc").read_text().strip() == "0", (tmp_path / "again.out").read_text()
+    resumed = tmp_path / "copy" / "sbif.duckdb"
+    assert sbif("cache", "verify", cache=resumed).returncode == 0
+    for view, a in _frames(reference).items():
+        b = _frames(resumed)[view]
+        assert a.sort(a.columns).equals(b.sort(b.columns), null_equal=True), view
