@@ -303,10 +303,19 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
     if fmt == "parquet" and out is None:
         raise UsageError("--format parquet needs --out FILE")
     store = _store(cache_path)
+    damaged = store.damaged([row[0] for row in store.list_stages()]) if store.db_path.exists() else {}
+    for key, what in list(damaged.items())[:3]:  # cheap (size + modification time); results may read these files
+        click.echo(f"warning: stage {key[:12]}: {what}; hint: `sbif run SPEC` recomputes it", err=True)
     with store.connect(read_only=True) as con:
         try:
             df = fetch_frame(con, sql)
         except duckdb.Error as e:
+            if damaged:  # a damaged artifact, not the SQL: name the stage and the fix
+                key, what = next(iter(damaged.items()))
+                raise SbifError(
+                    f"stage {key[:12]} ({len(damaged)} damaged in all): {what}; hint: `sbif run SPEC` recomputes "
+                    "it (or `sbif cache verify --fix` drops it)"
+                ) from None
             views = ", ".join(view_docs())
             raise UsageError(f"SQL failed: {str(e).splitlines()[0]}\nhint: views are {views}") from None
     if fmt == "parquet":
