@@ -234,6 +234,9 @@ def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threa
     summary = None
     with store.writer(wait_s=wait_s):
         p = build_plan(rt, store)
+        for key, what in store.damaged([s.key for s in p.missing]).items():  # committed, but its files are not
+            label = next(s.label for s in p.missing if s.key == key)
+            click.echo(f"recomputing {label}: {what}", err=True)
         if not p.missing and not recompute:
             register_study(rt, store, p)
         else:

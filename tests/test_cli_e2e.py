@@ -151,7 +151,9 @@ def test_run_recomputes_an_artifact_rewritten_in_place(tiny_spec, cache_path):
     assert "fails its checksum" in query.stderr and "sbif run" in query.stderr and "Traceback" not in query.stderr
     if query.returncode:  # the damaged file broke the query: it names the stage and the fix, in one line
         assert "damaged" in query.stderr
-    assert "ran 1 stages" in sbif("run", str(tiny_spec), cache=cache_path).stdout
+    rerun = sbif("run", str(tiny_spec), cache=cache_path)
+    assert "ran 1 stages" in rerun.stdout and "recomputing sample at step" in rerun.stderr
+    assert "traces.parquet fails its checksum" in rerun.stderr
     assert sbif("query", "SELECT count(*) AS n, sum(loss) AS s FROM loss_traces", cache=cache_path).stdout == before
     assert sbif("cache", "verify", cache=cache_path).returncode == 0
 
