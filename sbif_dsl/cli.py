@@ -225,11 +225,11 @@ def _backend(executor: str, ray_address: str | None, workers: int | None, thread
 @handle_errors
 def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threads, recompute, wait_s, quiet) -> None:
     """Run the stages the cache lacks; an unchanged spec computes nothing."""
+    t0 = time.perf_counter()
+    rt, store = _runtime(spec, overrides), _store(cache_path)  # a bad spec fails before torch is imported
     from .executor import execute, register_study
     from .plan import build_plan
 
-    t0 = time.perf_counter()
-    rt, store = _runtime(spec, overrides), _store(cache_path)
     progress = _Progress(quiet)
     summary = None
     with store.writer(wait_s=wait_s):
@@ -355,10 +355,12 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
 def report(spec: Path, overrides, cache_path, out: Path | None) -> None:
     """Render the study's cached results as one self-contained HTML file (computes nothing)."""
     from .checks import load_checked
-    from .reporting import write_report
 
     t0 = time.perf_counter()
-    path = write_report(load_checked(spec, list(overrides)), _store(cache_path), out)
+    loaded = load_checked(spec, list(overrides))  # a bad spec fails before torch is imported
+    from .reporting import write_report
+
+    path = write_report(loaded, _store(cache_path), out)
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
 
 
@@ -383,10 +385,10 @@ def calibrate(
     Grid: `--grid eps=1e-5,1e-4 gamma=1e3,1e5 nbeta=1e3` (any sampler field; values after the first --grid may
     follow without repeating it). Results are cached and in the `calibration` view.
     """
+    rt, store = _runtime(spec, overrides), _store(cache_path)  # a bad spec fails before torch is imported
     from .calibrate import calibrate as run_calibration
     from .calibrate import format_recommendation, format_table, parse_grid
 
-    rt, store = _runtime(spec, overrides), _store(cache_path)
     progress = _Progress(quiet)
     parsed = parse_grid([*grid, *grid_args], method)
     with store.writer(wait_s=wait_s):
