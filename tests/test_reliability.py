@@ -107,3 +107,56 @@ def test_kill_9_at_random_moments_then_rerun_gives_bitwise_the_same_views(tmp_pa
     assert "nothing to compute" in sbif("run", str(spec), cache=cache).stdout
     assert sbif("cache", "verify", cache=cache).returncode == 0
     _same_views(_all_views(reference), _all_views(cache))
+
+
+def test_read_only_cache_refuses_to_write_in_one_line_and_still_answers_queries(tmp_path):
+    problem = _namespace_problem()
+    if problem:
+        pytest.skip(problem)
+    spec = write_spec(tmp_path)
+    mnt = tmp_path / "ro"
+    mnt.mkdir()
+    cli = f"{sys.executable} -m sbif_dsl.cli"
+    cache = mnt / "sbif.duckdb"
+    script = (
+        f"mount -t tmpfs -o size=64m tmpfs {mnt} && cd {REPO} && {cli} run {spec} --cache {cache} -q > /dev/null && "
+        f"mount -o remount,ro {mnt} && "
+        f"{{ {cli} run {spec} --cache {cache} --set sampler.gamma=2000 2> {tmp_path}/run.err; "
+        f"echo $? > {tmp_path}/run.rc; }}; "
+        f"{cli} query 'SELECT count(*) AS n FROM bif' --format csv --cache {cache} > {tmp_path}/q.out; "
+        f"echo $? > {tmp_path}/q.rc"
+    )
+    subprocess.run(["unshare", "-m", "sh", "-c", script], check=True, timeout=300)
+    err = (tmp_path / "run.err").read_text()
+    assert (tmp_path / "run.rc").read_text().strip() == "1" and "Read-only file system" in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (tmp_path / "q.rc").read_text().strip() == "0" and (tmp_path / "q.out").read_text().split()[1] == "72"
+
+
+def test_kill_9_during_calibrate_then_rerun_gives_the_same_calibration(tmp_path):
+    import signal
+    import time
+
+    spec = write_spec(tmp_path)
+    grid = ["--grid", "eps=1e-5,1e-4,1e-3", "--checkpoint", "30"]
+    reference = tmp_path / "ref" / "sbif.duckdb"
+    t0 = time.perf_counter()
+    sbif("calibrate", str(spec), *grid, cache=reference)
+    full = time.perf_counter() - t0
+    cache = tmp_path / "killed" / "sbif.duckdb"
+    env = {**os.environ, "SBIF_CACHE": str(cache)}
+    for frac in (0.5, 0.8):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sbif_dsl.cli", "calibrate", str(spec), *grid, "-q"], cwd=REPO, env=env,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        time.sleep(frac * full)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    sbif("calibrate", str(spec), *grid, cache=cache)
+    cols = "step, method, eps, gamma, nbeta, llc_mean, llc_std, trend, half_shift, stationary, acceptance, divergences"
+    q = f"SELECT {cols} FROM calibration ORDER BY eps"
+    assert (
+        sbif("query", q, "--format", "csv", cache=cache).stdout
+        == sbif("query", q, "--format", "csv", cache=reference).stdout
+    )
