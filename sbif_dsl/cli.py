@@ -101,9 +101,9 @@ def main() -> None:
 @handle_errors
 def validate(spec: Path, overrides) -> None:
     """Check a spec: fields, types, ranges and references. Exit 2 with one line per problem."""
-    from .checks import load_checked
+    from .api import load
 
-    s = load_checked(spec, list(overrides)).study
+    s = load(spec, list(overrides)).spec.study
     click.echo(f"ok: {spec} (study {s.name!r}, {len(s.analyses)} analyses)")
 
 
@@ -127,9 +127,9 @@ def schema(out: Path | None) -> None:
 @handle_errors
 def plan(spec: Path, overrides, cache_path) -> None:
     """List the stages a spec needs, their content keys, and whether each is cached."""
-    from .plan import build_plan
+    from .api import load
 
-    p = build_plan(_runtime(spec, overrides), _store(cache_path))
+    p = load(spec, list(overrides), cache_path).build_plan()
     for s in p.stages:
         status = "cached" if s.key in p.cached else "to run"
         click.echo(f"{s.key[:16]}  {status:7s}  {s.kind:11s}  {s.label}")
@@ -202,18 +202,6 @@ def with_executor_options(fn):
     return fn
 
 
-def _backend(executor: str, ray_address: str | None, workers: int | None, threads: int | None, store, progress):
-    from .executor import LocalBackend
-
-    if executor == "local":
-        if ray_address or workers:
-            raise UsageError("--ray-address and --workers need --executor ray")
-        return LocalBackend(store, progress, threads=threads)
-    from .ray_backend import RayBackend
-
-    return RayBackend(store, address=ray_address, workers=workers, cpus_per_task=threads or 1)
-
-
 @main.command()
 @click.argument("spec", type=click.Path(path_type=Path))
 @set_option
@@ -225,32 +213,25 @@ def _backend(executor: str, ray_address: str | None, workers: int | None, thread
 @handle_errors
 def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threads, recompute, wait_s, quiet) -> None:
     """Run the stages the cache lacks; an unchanged spec computes nothing."""
-    t0 = time.perf_counter()
-    rt, store = _runtime(spec, overrides), _store(cache_path)  # a bad spec fails before torch is imported
-    from .executor import execute, register_study
-    from .plan import build_plan
+    from .api import load
 
+    study = load(spec, list(overrides), cache_path)  # a bad spec fails before torch is imported
     progress = _Progress(quiet)
-    summary = None
-    with store.writer(wait_s=wait_s):
-        p = build_plan(rt, store)
-        for key, what in store.damaged([s.key for s in p.missing]).items():  # committed, but its files are not
-            label = next(s.label for s in p.missing if s.key == key)
-            click.echo(f"recomputing {label}: {what}", err=True)
-        if not p.missing and not recompute:
-            register_study(rt, store, p)
-        else:
-            backend = _backend(executor, ray_address, workers, threads, store, progress.inner)
-            summary = execute(rt, store, p, recompute=recompute, report=progress.stage, backend=backend)
-    if summary is None:
-        click.echo(f"nothing to compute: all {len(p.stages)} stages cached ({time.perf_counter() - t0:.2f}s)")
+    result = study.run(
+        recompute=recompute, executor=executor, ray_address=ray_address, workers=workers, threads=threads,
+        wait=wait_s, on_stage=progress.stage, progress=progress.inner,
+    )  # fmt: skip
+    for label, what in result.repaired.items():
+        click.echo(f"recomputing {label}: {what}", err=True)
+    if not result.ran and not recompute:
+        click.echo(f"nothing to compute: all {result.total} stages cached ({result.wall_s:.2f}s)")
     else:
-        devices = ", ".join(sorted(summary.devices)) or "none"
+        devices = ", ".join(sorted(result.devices)) or "none"
         click.echo(
-            f"done: ran {len(summary.ran)} stages, {summary.hits} cached, in {time.perf_counter() - t0:.1f}s "
-            f"(executor {executor}, device {devices}); cache {store.db_path}"
+            f"done: ran {len(result.ran)} stages, {result.cached} cached, in {result.wall_s:.1f}s "
+            f"(executor {executor}, device {devices}); cache {study.store.db_path}"
         )
-    for line in _screen_lines(rt.study, store, quiet):
+    for line in _screen_lines(study.spec.study, study.store, quiet):
         click.echo(line)
 
 
@@ -297,30 +278,16 @@ def _screen_lines(study, store, quiet: bool) -> list[str]:
 @handle_errors
 def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> None:
     """Run SQL over the views (studies, stages, checkpoints, training_curve, loss_traces, bif, llc, ...)."""
-    import duckdb
     import polars as pl
 
-    from .store import fetch_frame
-    from .store.views import view_docs
+    from .api import connect
 
     if fmt == "parquet" and out is None:
         raise UsageError("--format parquet needs --out FILE")
-    store = _store(cache_path)
-    damaged = store.damaged([row[0] for row in store.list_stages()]) if store.db_path.exists() else {}
-    for key, what in list(damaged.items())[:3]:  # cheap (size + modification time); results may read these files
+    con = connect(cache_path)
+    for key, what in list(con.damaged().items())[:3]:  # cheap (size + modification time); results may read them
         click.echo(f"warning: stage {key[:12]}: {what}; hint: `sbif run SPEC` recomputes it", err=True)
-    with store.connect(read_only=True) as con:
-        try:
-            df = fetch_frame(con, sql)
-        except duckdb.Error as e:
-            if damaged:  # a damaged artifact, not the SQL: name the stage and the fix
-                key, what = next(iter(damaged.items()))
-                raise SbifError(
-                    f"stage {key[:12]} ({len(damaged)} damaged in all): {what}; hint: `sbif run SPEC` recomputes "
-                    "it (or `sbif cache verify --fix` drops it)"
-                ) from None
-            views = ", ".join(view_docs())
-            raise UsageError(f"SQL failed: {str(e).splitlines()[0]}\nhint: views are {views}") from None
+    df = con.sql(sql)
     if fmt == "parquet":
         df.write_parquet(out)
     elif fmt == "csv":
@@ -354,13 +321,10 @@ def query(sql: str, cache_path, fmt: str, out: Path | None, max_rows: int) -> No
 @handle_errors
 def report(spec: Path, overrides, cache_path, out: Path | None) -> None:
     """Render the study's cached results as one self-contained HTML file (computes nothing)."""
-    from .checks import load_checked
+    from .api import load
 
     t0 = time.perf_counter()
-    loaded = load_checked(spec, list(overrides))  # a bad spec fails before torch is imported
-    from .reporting import write_report
-
-    path = write_report(loaded, _store(cache_path), out)
+    path = load(spec, list(overrides), cache_path).report(out)  # a bad spec fails before torch is imported
     click.echo(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - t0:.1f}s)")
 
 
@@ -386,13 +350,14 @@ def calibrate(
     follow without repeating it). Results are cached and in the `calibration` view.
     """
     rt, store = _runtime(spec, overrides), _store(cache_path)  # a bad spec fails before torch is imported
+    from .api import make_backend
     from .calibrate import calibrate as run_calibration
     from .calibrate import format_recommendation, format_table, parse_grid
 
     progress = _Progress(quiet)
     parsed = parse_grid([*grid, *grid_args], method)
     with store.writer(wait_s=wait_s):
-        backend = _backend(executor, ray_address, workers, threads, store, progress.inner)
+        backend = make_backend(store, executor, ray_address, workers, threads, progress.inner)
         cal = run_calibration(rt, store, parsed, step, report=progress.stage, backend=backend)
     if not parsed:
         click.echo(f"no --grid given: sweeping eps around the spec's value ({rt.study.sampler.eps:g})")

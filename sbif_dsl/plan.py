@@ -42,7 +42,7 @@ class PlanSoFar:
     stages: list[Stage]
 
 
-def _check_data_references(rt) -> None:
+def check_data_references(rt) -> None:
     """Python data reveals its query sets only when built: check observables against them now."""
     if hierarchy_sets(rt.study) is not None:
         return
@@ -77,7 +77,7 @@ def analysis_stage(rt, analysis, parent: Stage, tokens_key: str | None) -> Stage
 
 def build_plan(rt, store) -> Plan:
     """rt: the driver's Runtime (builds the data to key it; never resolves a device); store: what is cached."""
-    _check_data_references(rt)
+    check_data_references(rt)
     study = rt.study
     ds = dataset.build(rt)
     checkpoints = checkpoint_stages(rt, store, ds.key)

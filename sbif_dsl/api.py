@@ -1,0 +1,241 @@
+"""The Python API (`import sbif_dsl as sb`): every verb of the CLI, for notebooks and scripts.
+
+    study = sb.load("specs/toy_hierarchy.yaml", overrides={"sampler.gamma": 1e4}, cache="cache/sbif.duckdb")
+    study.plan()                      # a Polars frame: stage, key, cached or not
+    study.run()                       # what `sbif run` does; returns a RunResult
+    study.sql("SELECT step, bif_corr FROM bif WHERE source = 'dog' AND target = 'cat'")   # a Polars frame
+    study.report("reports/toy.html")
+    sb.connect("cache/sbif.duckdb").sql("SELECT * FROM studies")
+
+The CLI is a thin layer over these functions (one implementation of each verb). Errors are the typed exceptions
+of `sbif_dsl.errors` (`SpecError` with file, line and field path in each problem; `UsageError`, ...): the CLI turns
+them into its one-line messages and exit codes. Heavy modules (torch) are imported only by the verbs that need
+them, so loading and validating a spec stays fast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SbifError, UsageError
+
+
+def _override_items(overrides: Mapping[str, Any] | list[str] | None) -> list[str]:
+    """{"sampler.gamma": 1e4} -> ["sampler.gamma=10000.0"] (values written as YAML, as `--set` reads them)."""
+    if overrides is None:
+        return []
+    if isinstance(overrides, list | tuple):
+        return [str(o) for o in overrides]
+    import yaml
+
+    def text(v: Any) -> str:
+        return yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("...").strip()
+
+    return [f"{k}={text(v)}" for k, v in overrides.items()]
+
+
+def load(spec: str | Path, overrides: Mapping[str, Any] | list[str] | None = None, cache: str | Path | None = None):
+    """Load and validate a spec (raises `SpecError`); `cache`: the DuckDB file (default cache/sbif.duckdb or
+    $SBIF_CACHE)."""
+    from .checks import load_checked
+
+    return Study(load_checked(spec, _override_items(overrides)), cache)
+
+
+def connect(cache: str | Path | None = None) -> Connection:
+    """Read-only access to a cache's SQL views, whatever studies it holds."""
+    return Connection(cache)
+
+
+def views() -> dict[str, str]:
+    """The documented SQL views: name -> one line."""
+    from .store.views import view_docs
+
+    return view_docs()
+
+
+def _store(cache):
+    from .store import Store
+
+    return Store(cache)
+
+
+class Connection:
+    """A cache's SQL views; each `sql` call opens a short read-only connection (a running study may write)."""
+
+    def __init__(self, cache: str | Path | None = None):
+        self.store = _store(cache)
+
+    def sql(self, query: str, params: list | None = None):
+        """Run SQL over the views; returns a `polars.DataFrame`. Raises UsageError naming the views on bad SQL."""
+        import duckdb
+
+        from .store import fetch_frame
+
+        with self.store.connect(read_only=True) as con:
+            try:
+                return fetch_frame(con, query, params)
+            except duckdb.Error as e:
+                damaged = self.damaged()
+                if damaged:  # a damaged artifact, not the SQL: name the stage and the fix
+                    key, what = next(iter(damaged.items()))
+                    raise SbifError(
+                        f"stage {key[:12]} ({len(damaged)} damaged in all): {what}; hint: `sbif run SPEC` "
+                        "recomputes it (or `sbif cache verify --fix` drops it)"
+                    ) from None
+                raise UsageError(
+                    f"SQL failed: {str(e).splitlines()[0]}\nhint: views are {', '.join(views())}"
+                ) from None
+
+    def damaged(self) -> dict[str, str]:
+        """Committed stages whose artifacts are missing or changed (cheap: size and modification time, else the
+        checksum): key -> what is wrong."""
+        if not self.store.db_path.exists():
+            return {}
+        return self.store.damaged([row[0] for row in self.store.list_stages()])
+
+    views = staticmethod(views)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(f"<tr><td><code>{n}</code></td><td>{d}</td></tr>" for n, d in views().items())
+        return f"<p>sbif_dsl cache <code>{self.store.db_path}</code></p><table>{rows}</table>"
+
+
+@dataclass
+class RunResult:
+    """What a run did: the stages it ran, how many were cached, wall time, devices, and the committed stages it
+    recomputed because their files were missing or damaged (label -> why)."""
+
+    ran: list = field(default_factory=list)
+    cached: int = 0
+    wall_s: float = 0.0
+    devices: set[str] = field(default_factory=set)
+    repaired: dict[str, str] = field(default_factory=dict)
+    total: int = 0
+
+    def _repr_html_(self) -> str:
+        return (
+            f"<p>ran {len(self.ran)} of {self.total} stages ({self.cached} cached) in {self.wall_s:.1f}s"
+            f" on {', '.join(sorted(self.devices)) or 'no device'}</p>"
+        )
+
+
+def make_backend(store, executor: str = "local", ray_address=None, workers=None, threads=None, progress=None):
+    """The executor backend: "local" (this process) or "ray" (a private or running Ray cluster)."""
+    from .executor import LocalBackend
+
+    if executor == "local":
+        if ray_address or workers:
+            raise UsageError("--ray-address and --workers need --executor ray")
+        return LocalBackend(store, progress, threads=threads)
+    if executor != "ray":
+        raise UsageError(f"executor {executor!r}: expected 'local' or 'ray'")
+    from .ray_backend import RayBackend
+
+    return RayBackend(store, address=ray_address, workers=workers, cpus_per_task=threads or 1)
+
+
+class Study:
+    """A loaded, validated spec and the cache it runs against."""
+
+    def __init__(self, spec, cache: str | Path | None = None):
+        self.spec = spec
+        self.store = _store(cache)
+
+    @property
+    def name(self) -> str:
+        return self.spec.study.name
+
+    def runtime(self):
+        from .runtime import runtime_for
+
+        return runtime_for(self.spec)
+
+    def validate(self) -> Study:
+        """Everything that can be checked without running: the spec (done at load) and, for user data, its
+        references to the data sets the factory returns."""
+        from .plan import check_data_references
+
+        check_data_references(self.runtime())
+        return self
+
+    def build_plan(self):
+        from .plan import build_plan
+
+        return build_plan(self.runtime(), self.store)
+
+    def plan(self):
+        """The stages, their content keys and whether each is cached, as a `polars.DataFrame`."""
+        import polars as pl
+
+        p = self.build_plan()
+        return pl.DataFrame(
+            {
+                "kind": [s.kind for s in p.stages],
+                "step": [s.step for s in p.stages],
+                "analysis": [s.analysis for s in p.stages],
+                "label": [s.label for s in p.stages],
+                "key": [s.key for s in p.stages],
+                "cached": [s.key in p.cached for s in p.stages],
+            },
+            schema_overrides={"step": pl.Int64},
+        )
+
+    def run(
+        self,
+        *,
+        recompute: bool = False,
+        executor: str = "local",
+        ray_address: str | None = None,
+        workers: int | None = None,
+        threads: int | None = None,
+        wait: float = 0.0,
+        on_stage: Callable | None = None,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RunResult:
+        """Run the stages the cache lacks (all of them with recompute), under the cache's writer lock (waiting up
+        to `wait` seconds for another writer). on_stage(event, stage, status) and progress(done, total) report
+        as the CLI's progress lines do."""
+        from .executor import execute, register_study
+
+        t0 = time.perf_counter()
+        rt = self.runtime()
+        result = RunResult()
+        with self.store.writer(wait_s=wait):
+            p = self.build_plan()
+            result.total = len(p.stages)
+            for key, what in self.store.damaged([s.key for s in p.missing]).items():  # committed, files are not
+                result.repaired[next(s.label for s in p.missing if s.key == key)] = what
+            if not p.missing and not recompute:
+                register_study(rt, self.store, p)
+                result.cached = len(p.stages)
+            else:
+                backend = make_backend(self.store, executor, ray_address, workers, threads, progress)
+                summary = execute(rt, self.store, p, recompute=recompute, report=on_stage, backend=backend)
+                result.ran, result.cached, result.devices = summary.ran, summary.hits, summary.devices
+        result.wall_s = time.perf_counter() - t0
+        return result
+
+    def sql(self, query: str, params: list | None = None):
+        """SQL over the cache's views (all studies; filter on `study = study.name`); a `polars.DataFrame`."""
+        return Connection(self.store.db_path).sql(query, params)
+
+    def report(self, path: str | Path | None = None) -> Path:
+        """Write the HTML report (computes nothing; raises MissingResultsError if stages are not cached)."""
+        from .reporting import write_report
+
+        return write_report(self.spec, self.store, Path(path) if path is not None else None)
+
+    views = staticmethod(views)
+
+    def _repr_html_(self) -> str:
+        s = self.spec.study
+        kinds = ", ".join(a.kind for a in s.analyses)
+        return (
+            f"<p><b>{s.title or s.name}</b> (study <code>{s.name}</code>, spec <code>{self.spec.path}</code>)</p>"
+            f"<p>analyses: {kinds}; cache <code>{self.store.db_path}</code></p>"
+        )
