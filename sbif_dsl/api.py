@@ -124,6 +124,29 @@ class RunResult:
         )
 
 
+def register_study(spec, store, names: dict[str, str | None]) -> None:
+    """Record the study's current stages (key -> analysis name) and its spec."""
+    study = spec.study
+    store.set_study(
+        study.name,
+        names,
+        {
+            "title": study.title,
+            "description": study.description,
+            "spec_path": str(spec.path),
+            "spec_hash": _sha256(spec.text),
+            "spec_yaml": spec.text,
+            "seed": study.seed,
+        },
+    )
+
+
+def _sha256(text: str) -> str:
+    from .hashing import sha256_hex
+
+    return sha256_hex(text)
+
+
 def make_backend(store, executor: str = "local", ray_address=None, workers=None, threads=None, progress=None):
     """The executor backend: "local" (this process) or "ray" (a private or running Ray cluster)."""
     from .executor import LocalBackend
@@ -164,26 +187,44 @@ class Study:
         return self
 
     def build_plan(self):
-        from .plan import build_plan
+        """The plan (builds the data, which the keys hash); recorded in the cache under its fingerprint."""
+        from .plan import build_plan, fingerprint
 
-        return build_plan(self.runtime(), self.store)
+        p = build_plan(self.runtime(), self.store)
+        fp = fingerprint(self.spec)
+        if fp is not None and self.store.db_path.exists():
+            rows = [[s.key, s.kind, s.step, s.analysis, s.label] for s in p.stages]
+            try:
+                self.store.remember_plan(fp, rows)
+            except SbifError:  # a read-only cache or another writer: recording is only an optimization
+                pass
+        return p
 
     def plan(self):
         """The stages, their content keys and whether each is cached, as a `polars.DataFrame`."""
         import polars as pl
 
-        p = self.build_plan()
+        rows = self.stages()
+        cached = self.store.complete_keys([r[0] for r in rows])
         return pl.DataFrame(
             {
-                "kind": [s.kind for s in p.stages],
-                "step": [s.step for s in p.stages],
-                "analysis": [s.analysis for s in p.stages],
-                "label": [s.label for s in p.stages],
-                "key": [s.key for s in p.stages],
-                "cached": [s.key in p.cached for s in p.stages],
+                "kind": [r[1] for r in rows],
+                "step": [r[2] for r in rows],
+                "analysis": [r[3] for r in rows],
+                "label": [r[4] for r in rows],
+                "key": [r[0] for r in rows],
+                "cached": [r[0] in cached for r in rows],
             },
             schema_overrides={"step": pl.Int64},
         )
+
+    def stages(self) -> list[list]:
+        """[key, kind, step, analysis, label] of every stage of the plan, in plan order (the recorded plan when
+        the spec is unchanged since it was built: no data or model is built then)."""
+        known = self.recorded_plan()
+        if known is not None:
+            return known
+        return [[s.key, s.kind, s.step, s.analysis, s.label] for s in self.build_plan().stages]
 
     def run(
         self,
@@ -200,18 +241,25 @@ class Study:
         """Run the stages the cache lacks (all of them with recompute), under the cache's writer lock (waiting up
         to `wait` seconds for another writer). on_stage(event, stage, status) and progress(done, total) report
         as the CLI's progress lines do."""
-        from .executor import execute, register_study
-
         t0 = time.perf_counter()
-        rt = self.runtime()
         result = RunResult()
         with self.store.writer(wait_s=wait):
+            known = None if recompute else self.recorded_plan()
+            if known is not None and len(self.store.complete_keys([r[0] for r in known])) == len(known):
+                # unchanged and all cached: decided from the recorded plan, without building data or models
+                register_study(self.spec, self.store, {r[0]: r[3] for r in known})
+                result.total = result.cached = len(known)
+                result.wall_s = time.perf_counter() - t0
+                return result
+            from .executor import execute
+
+            rt = self.runtime()
             p = self.build_plan()
             result.total = len(p.stages)
             for key, what in self.store.damaged([s.key for s in p.missing]).items():  # committed, files are not
                 result.repaired[next(s.label for s in p.missing if s.key == key)] = what
             if not p.missing and not recompute:
-                register_study(rt, self.store, p)
+                register_study(self.spec, self.store, p.names())
                 result.cached = len(p.stages)
             else:
                 backend = make_backend(self.store, executor, ray_address, workers, threads, progress)
@@ -219,6 +267,14 @@ class Study:
                 result.ran, result.cached, result.devices = summary.ran, summary.hits, summary.devices
         result.wall_s = time.perf_counter() - t0
         return result
+
+    def recorded_plan(self) -> list[list] | None:
+        """[key, kind, step, analysis, label] of this spec's plan as recorded by an earlier build (None: the spec,
+        its files or this package changed since, or it reads user code)."""
+        from .plan import fingerprint
+
+        fp = fingerprint(self.spec)
+        return self.store.recall_plan(fp) if fp is not None else None
 
     def sql(self, query: str, params: list | None = None):
         """SQL over the cache's views (all studies; filter on `study = study.name`); a `polars.DataFrame`."""

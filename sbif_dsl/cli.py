@@ -129,11 +129,12 @@ def plan(spec: Path, overrides, cache_path) -> None:
     """List the stages a spec needs, their content keys, and whether each is cached."""
     from .api import load
 
-    p = load(spec, list(overrides), cache_path).build_plan()
-    for s in p.stages:
-        status = "cached" if s.key in p.cached else "to run"
-        click.echo(f"{s.key[:16]}  {status:7s}  {s.kind:11s}  {s.label}")
-    click.echo(f"{len(p.stages)} stages: {len(p.stages) - len(p.missing)} cached, {len(p.missing)} to run")
+    frame = load(spec, list(overrides), cache_path).plan()
+    for r in frame.iter_rows(named=True):
+        status = "cached" if r["cached"] else "to run"
+        click.echo(f"{r['key'][:16]}  {status:7s}  {r['kind']:11s}  {r['label']}")
+    n_cached = int(frame["cached"].sum())
+    click.echo(f"{frame.height} stages: {n_cached} cached, {frame.height - n_cached} to run")
 
 
 class _Progress:

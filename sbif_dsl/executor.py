@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import STORAGE_HINT, SbifError
-from .hashing import sha256_hex
 from .plan import Plan
 from .runtime import runtime_for
 from .stages import Inputs, Stage, StageOutput, WorkerContext, builds_model, runner
@@ -165,26 +164,12 @@ class LocalBackend:
 # ----------------------------------------------------------------------------- the driver
 
 
-def register_study(rt, store, plan: Plan) -> None:
-    spec = rt.spec
-    store.set_study(
-        rt.study.name,
-        plan.names(),
-        {
-            "title": rt.study.title,
-            "description": rt.study.description,
-            "spec_path": str(spec.path),
-            "spec_hash": sha256_hex(spec.text),
-            "spec_yaml": spec.text,
-            "seed": rt.study.seed,
-        },
-    )
-
-
 def execute(rt, store, plan: Plan, recompute: bool = False, report: Reporter | None = None, backend=None) -> RunSummary:
     """Run what the cache lacks (or everything, with recompute). Call inside `store.writer()`."""
     t_run = time.perf_counter()
-    register_study(rt, store, plan)
+    from .api import register_study
+
+    register_study(rt.spec, store, plan.names())
     todo = plan.stages if recompute else plan.missing
     summary = run_stages(rt, store, todo, report=report, backend=backend)
     summary.hits = len(plan.stages) - len(todo)

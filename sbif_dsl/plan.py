@@ -100,3 +100,46 @@ def build_plan(rt, store) -> Plan:
             if a.kind == kind.name:
                 stages += kind.build(rt, a, i, PlanSoFar(ds.key, checkpoints, list(stages)))
     return Plan(stages=stages, cached=store.complete_keys([s.key for s in stages]))
+
+
+def fingerprint(spec) -> str | None:
+    """What a plan depends on, without building data or models: the validated study, this package's code and
+    torch's version, and the size and modification time of every file the spec reads (text data, loaded
+    checkpoints, a local HF model or tokenizer). None where user code is involved (`kind: python` data, model or
+    token rules: their imports may change anything), so the plan is always built there.
+
+    Equal fingerprints mean an equal plan, so an unchanged re-run decides "nothing to compute" from the cache's
+    record of the plan (Store.recall_plan) without importing torch."""
+    import glob as globlib
+    import importlib.metadata
+    from pathlib import Path
+
+    from . import __file__ as package_init
+    from .hashing import canonical_json, sha256_hex
+
+    study = spec.study
+    rules = study.token_classes.rules.values() if study.token_classes else ()
+    if "python" in (study.data.kind, study.model.kind) or any(r.kind == "python" for r in rules):
+        return None
+
+    def stat(path: Path) -> list:
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        return [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files if f.exists()]
+
+    def resolve(p: str) -> Path:
+        return Path(p) if Path(p).is_absolute() else spec.base_dir / p
+
+    read: list = []
+    for p in getattr(study.data, "paths", None) or []:
+        read += [stat(Path(f)) for f in sorted(globlib.glob(str(resolve(p))))]
+    tokenizer = getattr(study.data, "tokenizer", None)
+    if tokenizer is not None and tokenizer.path:
+        read.append(stat(resolve(tokenizer.path)))
+    if getattr(study.model, "path", None):
+        read.append(stat(resolve(study.model.path)))
+    if study.checkpoints is not None:
+        read += [stat(Path(f)) for f in sorted(globlib.glob(str(resolve(study.checkpoints.glob))))]
+    package = Path(package_init).parent
+    code = [[str(f.relative_to(package)), *stat(f)[0][1:]] for f in sorted(package.rglob("*.py"))]
+    versions = [importlib.metadata.version(m) for m in ("torch", "numpy")]
+    return sha256_hex(canonical_json([study.model_dump(mode="json"), read, code, versions]))

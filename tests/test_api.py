@@ -67,3 +67,44 @@ def test_the_documented_notebook_example_runs_as_written(tmp_path):
     step = int(proc.stdout.split("from step")[1].split()[0])
     assert 300 <= step <= 600, proc.stdout  # the dog/cat transition (README: flips at ~420)
     assert (tmp_path / "reports" / "dog_cat.html").stat().st_size > 1000
+
+
+def test_an_unchanged_rerun_decides_from_the_recorded_plan_without_torch(tmp_path, cache_path):
+    """The second run of an unchanged spec needs no data, no model and no torch; any change re-plans."""
+    from .conftest import sbif
+
+    spec = write_spec(tmp_path)
+    sbif("run", str(spec), cache=cache_path)
+    code = (
+        "import sys, sbif_dsl as sb\n"
+        f"study = sb.load({str(spec)!r}, cache={str(cache_path)!r})\n"
+        "r = study.run()\n"
+        "from sbif_dsl.cli import _screen_lines\n"
+        "_screen_lines(study.spec.study, study.store, False)\n"
+        "print(len(r.ran), r.cached, study.plan()['cached'].all(), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "19", "True", "False"], out
+    # a changed spec is planned again (and its new stages run), whatever was recorded
+    edited = write_spec(tmp_path, TINY_SPEC.replace("gamma: 1000", "gamma: 1500"), name="edited.yaml")
+    assert "ran 15 stages" in sbif("run", str(edited), cache=cache_path).stdout  # 3 samples + their analyses
+    assert "nothing to compute" in sbif("run", str(edited), cache=cache_path).stdout
+
+
+def test_the_recorded_plan_follows_the_files_a_spec_reads(tmp_path, cache_path):
+    from sbif_dsl.plan import fingerprint
+
+    (tmp_path / "a.txt").write_text("hello world, " * 200)
+    spec = write_spec(
+        tmp_path,
+        "name: t\ndevice: cpu\ndata: {kind: text_files, paths: [a.txt], context: 16}\n"
+        "model: {kind: transformer, n_layers: 1, n_heads: 1, d_model: 8}\n"
+        "training: {steps: 2, checkpoints: {steps: [2], include_zero: false}}\n",
+    )
+    before = fingerprint(sb.load(spec).spec)
+    (tmp_path / "a.txt").write_text("hello there, " * 200)
+    assert fingerprint(sb.load(spec).spec) != before
+    python_model = "  kind: python\n  factory: m:f\n"
+    user = TINY_SPEC.replace("  kind: deep_linear\n  hidden: [6]\n  init_scale: 0.01\n", python_model)
+    user = write_spec(tmp_path, user, "u.yaml")
+    assert fingerprint(sb.load(user).spec) is None  # user code: always planned

@@ -6,11 +6,25 @@ Modules, each one job: `config` (SGLDConfig, default nβ), `update` (drift, prec
 (vmap or loop over chains, worker threads), `evaluation` (no-grad losses in bounded chunks), `buffers` (draws in
 blocks, finiteness), `kernel` (the set-up and step shared with calibration), `chains` (run_chains), `llc`,
 `mala` and `diagnostics` (calibration).
+
+The public names are imported on first use (PEP 562): `screens` and `mixing` need only numpy, and reading a
+study's screens (`sbif run` of an unchanged spec) must not import torch.
 """
 
-from .chains import ChainResult, run_chains
-from .config import SGLDConfig, default_nbeta
-from .llc import llc_per_chain
-from .update import sgld_step
+import importlib
 
-__all__ = ["ChainResult", "SGLDConfig", "default_nbeta", "llc_per_chain", "run_chains", "sgld_step"]
+_PUBLIC = {
+    "ChainResult": "chains",
+    "run_chains": "chains",
+    "SGLDConfig": "config",
+    "default_nbeta": "config",
+    "llc_per_chain": "llc",
+    "sgld_step": "update",
+}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name not in _PUBLIC:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)

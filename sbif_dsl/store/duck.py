@@ -265,6 +265,25 @@ class Store:
                 "INSERT OR IGNORE INTO study_stages VALUES (?, ?, NULL)", [[study, k] for k in sorted(set(keys))]
             )
 
+    def remember_plan(self, fingerprint: str, stages: list[list]) -> None:
+        """Record a plan's stages ([key, kind, step, analysis, label] each) under its fingerprint."""
+        with self.connect(views=False) as con:
+            con.execute(
+                "INSERT OR REPLACE INTO plans VALUES (?, ?, ?)",
+                [fingerprint, json.dumps(stages), datetime.now(UTC).replace(tzinfo=None)],
+            )
+
+    def recall_plan(self, fingerprint: str) -> list[list] | None:
+        """The stages recorded for a plan fingerprint, or None."""
+        if not self.db_path.exists():
+            return None
+        with self.connect(read_only=True, views=False) as con:
+            try:
+                row = con.execute("SELECT stages FROM plans WHERE fingerprint = ?", [fingerprint]).fetchone()
+            except duckdb.CatalogException:  # a cache from before plans were recorded
+                return None
+        return json.loads(row[0]) if row else None
+
     def rows(self, table: str, keys: list[str], columns: list[str]) -> dict[str, dict]:
         """key -> {column: value} of a result table with one row per stage (a stage's summary row)."""
         if table not in {t.name for t in result_tables()}:

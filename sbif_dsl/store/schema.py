@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS study_registry (
     study VARCHAR PRIMARY KEY, title VARCHAR, description VARCHAR, spec_path VARCHAR, spec_hash VARCHAR,
     spec_yaml VARCHAR, seed BIGINT, updated_at TIMESTAMP
 );
+-- a plan's stages by the plan's fingerprint (plan.fingerprint): an unchanged re-run needs no data or model
+CREATE TABLE IF NOT EXISTS plans (fingerprint VARCHAR PRIMARY KEY, stages JSON, created_at TIMESTAMP);
 -- analysis: the name under which the study's spec refers to the stage (names are not part of keys)
 CREATE TABLE IF NOT EXISTS study_stages (
     study VARCHAR NOT NULL, key VARCHAR NOT NULL, analysis VARCHAR, PRIMARY KEY (study, key)
