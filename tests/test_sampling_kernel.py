@@ -139,18 +139,8 @@ def test_progress_is_sparse_monotone_and_ends_at_the_total():
     assert all(a[0] < b[0] for a, b in zip(calls[:-1], calls[1:], strict=True))
 
 
-def test_old_module_names_still_import():
-    """`sampling.sgld` keeps the names it exported before the split (docs and callers import them from there)."""
-    from sbif_dsl.sampling import sgld
-
-    assert (sgld.FlatParams, sgld.SGLDConfig, sgld.run_chains, sgld.sgld_step) == (
-        FlatParams, SGLDConfig, run_chains, sgld_step,
-    )  # fmt: skip
-    assert sgld.ParamLossFn is not None
-
-
 SAMPLER_MODULES = ("__init__", "batches", "buffers", "chains", "config", "diagnostics", "evaluation", "flat",
-                   "kernel", "llc", "mala", "over_chains", "sgld", "update")  # fmt: skip
+                   "kernel", "llc", "mala", "over_chains", "update")  # fmt: skip
 
 
 @pytest.mark.parametrize("module", SAMPLER_MODULES)

@@ -492,3 +492,31 @@ def test_second_writer_process_is_refused_then_waits_for_the_lock(store):
             holder.kill()
         holder.wait()
     assert store.complete_keys([a.key]) == {a.key}
+
+
+def test_a_cache_from_before_its_own_objects_folder_keeps_working_and_gc_spares_a_shared_folder(tmp_path):
+    """An old cache (artifacts under cache/objects/, no record of its folder) opens on that folder; while another
+    database shares the folder, gc deletes only the files of the stages it drops, never an unregistered one."""
+    root = tmp_path / "cache"
+    new = Store(root / "sbif.duckdb")
+    new.init()
+    kept, dropped = make_stage("kept"), make_stage("dropped")
+    for s in (kept, dropped):
+        commit(new, s, {"a.bin": s.key.encode()})
+    new.set_study("s", refs(kept.key), {})
+    (root / "sbif.objects").rename(root / "objects")  # the old layout
+    with new.connect(views=False) as con:
+        con.execute("UPDATE artifacts SET relpath = replace(relpath, 'sbif.objects/', 'objects/')")
+        con.execute("DELETE FROM meta WHERE name = 'objects_dir'")
+    old = Store(root / "sbif.duckdb")
+    assert old.objects == root / "objects"
+    assert old.complete_keys([kept.key, dropped.key]) == {kept.key, dropped.key}
+    Store(root / "other.duckdb").init()  # another cache beside it: objects/ may hold its files
+    theirs = root / "objects" / "ab" / ("ab" + "0" * 62) / "a.bin"
+    theirs.parent.mkdir(parents=True)
+    theirs.write_bytes(b"not ours")
+    assert old.sharing_objects() == [root / "other.duckdb"]
+    assert old.gc() == [dropped.key]
+    assert theirs.read_bytes() == b"not ours"
+    assert not (root / "objects" / dropped.key[:2] / dropped.key / "a.bin").exists()
+    assert old.artifact(kept.key, "a.bin", verify=True).read_bytes() == kept.key.encode()

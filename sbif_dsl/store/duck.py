@@ -83,8 +83,9 @@ class Store:
                     return row[0]
                 legacy = con.execute("SELECT count(*) FROM artifacts WHERE relpath LIKE 'objects/%'").fetchone()
                 return self.LEGACY_OBJECTS if legacy[0] else own
-        except duckdb.Error:
-            return own  # not readable yet (a writer holds it, or no tables): init decides and records it
+        except duckdb.Error:  # a writer holds the file, or it has no tables yet: judge by the folders
+            legacy_only = (self.root / self.LEGACY_OBJECTS).is_dir() and not (self.root / own).is_dir()
+            return self.LEGACY_OBJECTS if legacy_only else own
 
     def sharing_objects(self) -> list[Path]:
         """Other caches in this folder that use the same (legacy) objects folder."""
