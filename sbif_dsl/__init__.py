@@ -31,9 +31,20 @@ __all__ = [
     "SbifError",
     "SpecError",
     "Study",
+    "Sweep",
+    "SweepResult",
     "UsageError",
     "__version__",
     "connect",
     "load",
     "views",
 ]
+
+
+def __getattr__(name: str):
+    """`sb.Sweep` / `sb.SweepResult` load on first use (they import the spec package)."""
+    if name in ("Sweep", "SweepResult"):
+        from . import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module 'sbif_dsl' has no attribute {name!r}")

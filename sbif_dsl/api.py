@@ -40,10 +40,15 @@ def _override_items(overrides: Mapping[str, Any] | list[str] | None) -> list[str
 
 def load(spec: str | Path, overrides: Mapping[str, Any] | list[str] | None = None, cache: str | Path | None = None):
     """Load and validate a spec (raises `SpecError`); `cache`: the DuckDB file (default cache/sbif.duckdb or
-    $SBIF_CACHE)."""
+    $SBIF_CACHE). A spec with a `sweep:` block gives a `Sweep` (its cells validated), any other a `Study`."""
     from .checks import load_checked
 
-    return Study(load_checked(spec, _override_items(overrides)), cache)
+    loaded = load_checked(spec, _override_items(overrides))
+    if loaded.study.sweep is not None:
+        from .sweep import Sweep
+
+        return Sweep(loaded, cache)
+    return Study(loaded, cache)
 
 
 def connect(cache: str | Path | None = None) -> Connection:

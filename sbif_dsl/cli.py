@@ -103,8 +103,12 @@ def validate(spec: Path, overrides) -> None:
     """Check a spec: fields, types, ranges and references. Exit 2 with one line per problem."""
     from .api import load
 
-    s = load(spec, list(overrides)).spec.study
-    click.echo(f"ok: {spec} (study {s.name!r}, {len(s.analyses)} analyses)")
+    loaded = load(spec, list(overrides))
+    s = loaded.spec.study
+    if s.sweep is not None:
+        click.echo(f"ok: {spec} (sweep {s.name!r}: {len(loaded.cells)} cells, each valid; {len(s.analyses)} analyses)")
+    else:
+        click.echo(f"ok: {spec} (study {s.name!r}, {len(s.analyses)} analyses)")
 
 
 @main.command()
@@ -124,17 +128,48 @@ def schema(out: Path | None) -> None:
 @click.argument("spec", type=click.Path(path_type=Path))
 @set_option
 @cache_option
+@click.option("--stages", "list_stages", is_flag=True, help="Sweeps: also list every distinct stage.")
 @handle_errors
-def plan(spec: Path, overrides, cache_path) -> None:
-    """List the stages a spec needs, their content keys, and whether each is cached."""
+def plan(spec: Path, overrides, cache_path, list_stages: bool) -> None:
+    """List the stages a spec needs, their content keys, and whether each is cached (a sweep: its cells)."""
     from .api import load
 
-    frame = load(spec, list(overrides), cache_path).plan()
+    loaded = load(spec, list(overrides), cache_path)
+    frame = loaded.plan()
+    if "shared_by" in frame.columns:
+        _plan_sweep(frame, len(loaded.cells), list_stages)
+        return
     for r in frame.iter_rows(named=True):
         status = "cached" if r["cached"] else "to run"
         click.echo(f"{r['key'][:16]}  {status:7s}  {r['kind']:11s}  {r['label']}")
     n_cached = int(frame["cached"].sum())
     click.echo(f"{frame.height} stages: {n_cached} cached, {frame.height - n_cached} to run")
+
+
+def _plan_sweep(frame, n_cells: int, list_stages: bool) -> None:
+    """Per cell: its stages, how many it shares with other cells, cached or not; then the distinct totals."""
+    import polars as pl
+
+    for (cell, study), g in frame.group_by("cell", "study", maintain_order=True):
+        shared = int((g["shared_by"] > 1).sum())
+        n_cached = int(g["cached"].sum())
+        click.echo(
+            f"cell {cell}  {study}: {g.height} stages ({shared} shared with other cells), "
+            f"{n_cached} cached, {g.height - n_cached} to run"
+        )
+    distinct = frame.unique("key", keep="first", maintain_order=True)
+    if list_stages:
+        for r in distinct.iter_rows(named=True):
+            status = "cached" if r["cached"] else "to run"
+            click.echo(f"{r['key'][:16]}  {status:7s}  {r['kind']:11s}  {r['label']}  (cells: {r['shared_by']})")
+    every = distinct.filter(pl.col("shared_by") == n_cells)
+    kinds = ", ".join(f"{n} {k}" for k, n in every.group_by("kind").len().sort("kind").iter_rows())
+    n_cached = int(distinct["cached"].sum())
+    click.echo(
+        f"{n_cells} cells: {distinct.height} distinct stages of {frame.height} in the cells; "
+        f"{every.height} shared by every cell ({kinds or 'none'}); "
+        f"{n_cached} cached, {distinct.height - n_cached} to run"
+    )
 
 
 class _Progress:
@@ -218,22 +253,40 @@ def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threa
 
     study = load(spec, list(overrides), cache_path)  # a bad spec fails before torch is imported
     progress = _Progress(quiet)
-    result = study.run(
+    options = dict(
         recompute=recompute, executor=executor, ray_address=ray_address, workers=workers, threads=threads,
         wait=wait_s, on_stage=progress.stage, progress=progress.inner,
     )  # fmt: skip
+    cells = getattr(study, "cells", None)
+    if cells is not None:
+
+        def cell_done(i, n, cell, r, error) -> None:
+            if error is not None:
+                click.echo(f"cell {i + 1}/{n} {cell.name}: failed: {error}", err=True)
+                return
+            click.echo(f"cell {i + 1}/{n} {cell.name}: ran {len(r.ran)} of {r.total} stages ({r.wall_s:.1f}s)")
+            for line in _screen_lines(cell.spec.study, cell.store, quiet=True):
+                click.echo(f"  {line}")
+
+        result = study.run(on_cell_done=cell_done, **options)
+    else:
+        result = study.run(**options)
     for label, what in result.repaired.items():
         click.echo(f"recomputing {label}: {what}", err=True)
+    what = f" of {len(cells)} cells" if cells is not None else ""
     if not result.ran and not recompute:
-        click.echo(f"nothing to compute: all {result.total} stages cached ({result.wall_s:.2f}s)")
+        click.echo(f"nothing to compute: all {result.total} stages{what} cached ({result.wall_s:.2f}s)")
     else:
         devices = ", ".join(sorted(result.devices)) or "none"
         click.echo(
-            f"done: ran {len(result.ran)} stages, {result.cached} cached, in {result.wall_s:.1f}s "
+            f"done: ran {len(result.ran)} stages{what}, {result.cached} cached, in {result.wall_s:.1f}s "
             f"(executor {executor}, device {devices}); cache {study.store.db_path}"
         )
-    for line in _screen_lines(study.spec.study, study.store, quiet):
-        click.echo(line)
+    if cells is None:
+        for line in _screen_lines(study.spec.study, study.store, quiet):
+            click.echo(line)
+    elif result.failed:
+        _fail(f"error: {len(result.failed)} of {len(cells)} cells failed (the others ran)", EXIT_FAILED)
 
 
 SHOWN_SCREENS = 10  # checkpoints listed by `sbif run`; the rest are counted
@@ -258,7 +311,7 @@ def _screen_lines(study, store, quiet: bool) -> list[str]:
     flagged = [f for f in flagged if f[1] != OK]
     if not flagged:
         return [] if quiet else [f"screens: all {len(by_step)} checkpoints ok (view diagnostics)"]
-    steps = ", ".join(str(f[0]) for f in flagged)
+    steps = ", ".join(str(f[0]) for f in flagged[:SHOWN_SCREENS]) + (", ..." if len(flagged) > SHOWN_SCREENS else "")
     head = f"screens: {len(flagged)} of {len(by_step)} checkpoints flagged (steps {steps}); view diagnostics"
     if quiet:
         return [head]

@@ -86,3 +86,48 @@ def write_report(spec: LoadedSpec, store: Store, out: Path | None = None) -> Pat
         heatmap_steps=study.report.heatmap_steps,
         extra_sections=extra,
     )
+
+
+def write_sweep_report(sweep, out: Path | None = None) -> Path:
+    """The sweep report (report/sweep.py) of a `Sweep` whose cells are all cached; computes nothing."""
+    from .report import DetectParams, default_pairs, render_report
+    from .report.sweep import sweep_sections
+
+    missing = {}
+    for cell in sweep.cells:
+        keys = [r[0] for r in cell.stages()]
+        n = len(keys) - len(cell.store.complete_keys(keys))
+        if n:
+            missing[cell.name] = n
+    if missing:
+        first = next(iter(missing))
+        raise MissingResultsError(
+            f"{len(missing)} of {len(sweep.cells)} cells of sweep {sweep.name!r} are not all cached "
+            f"(e.g. {first}: {missing[first]} stages); hint: run `sbif run {sweep.spec.path}` first "
+            "(with the same --cache)"
+        )
+    study = sweep.spec.study
+    first_bif = next((a for a in study.analyses if a.kind == "bif" and (a.target or a.source) == a.source), None)
+    names = [c.name for c in sweep.cells]
+    marks = ", ".join("?" for _ in names)
+    with sweep.store.connect(read_only=True) as con:
+        cells = fetch_frame(con, "SELECT * FROM sweep WHERE sweep = ? ORDER BY cell, position", [sweep.name])
+        cells = cells.filter(pl.col("study").is_in(names))
+
+        def frame(view: str, extra: str = "", params: tuple = ()) -> pl.DataFrame:
+            sql = f"SELECT * FROM {view} WHERE study IN ({marks}){extra} ORDER BY study, step"
+            return fetch_frame(con, sql, [*names, *params])
+
+        bif = frame("bif", " AND analysis = ?", (analysis_name(first_bif),)) if first_bif else None
+        llc, agreement = frame("llc_summary"), frame("agreement")
+    pairs = list(study.report.pairs)
+    if not pairs and bif is not None and not bif.is_empty():
+        pairs = default_pairs(bif.filter(pl.col("study") == names[0]))
+    sections = sweep_sections(
+        cells, bif=bif, llc=llc, agreement=agreement, pairs=pairs,
+        params=DetectParams(**study.report.detect.model_dump()),
+    )  # fmt: skip
+    out = out or Path("reports") / f"{study.name}.html"
+    header = {"study": study.name, "title": study.title or f"sweep {study.name}", "description": study.description}
+    header["spec_yaml"] = sweep.spec.text
+    return render_report(out, header=header, sections=sections)

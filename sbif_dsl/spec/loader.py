@@ -308,32 +308,44 @@ def apply_overrides(data: dict, overrides: list[str], lines: dict[Path_, int], s
         if "=" not in item:
             raise SpecError([f"{source}--set: {shown}: expected FIELD.PATH=VALUE, e.g. --set sampler.eps=1e-5"])
         dotted, value_text = item.split("=", 1)
-        keys: list[Any] = [int(k) if k.isascii() and k.isdigit() and len(k) < 10 else k for k in dotted.split(".")]
-        value = _override_value(shown, value_text, source)
-        node: Any = data
-        for i, k in enumerate(keys[:-1]):
-            nxt = keys[i + 1]
-            here = ".".join(map(str, keys[: i + 1]))
-            if isinstance(node, list):
-                if not isinstance(k, int) or k >= len(node):
-                    raise SpecError([f"{source}--set: {shown}: {here} does not exist"])
-                node = node[k]
-            else:
-                if k not in node or node[k] is None:
-                    node[k] = [] if isinstance(nxt, int) else {}
-                node = node[k]
-            if not isinstance(node, dict | list):
-                raise SpecError([f"{source}--set: {shown}: {here} holds {_short(node, 40)}, not a mapping or a list"])
-        last = keys[-1]
-        if isinstance(node, list):
-            if not isinstance(last, int) or last >= len(node):
-                raise SpecError([f"{source}--set: {shown}: index {last} does not exist"])
-        node[last] = value
-        prefix = tuple(keys)
-        for p in [p for p in lines if p[: len(prefix)] == prefix]:
-            del lines[p]  # the file's lines no longer describe what is there
-        lines[prefix] = 0  # 0 marks "from --set"
+        problem = assign(data, dotted, _override_value(shown, value_text, source), lines, 0)
+        if problem:
+            raise SpecError([f"{source}--set: {shown}: {problem}"])
     return data
+
+
+def field_path(dotted: str) -> list[Any]:
+    """'analyses.0.normalize' -> ['analyses', 0, 'normalize'] (digits index lists)."""
+    return [int(k) if k.isascii() and k.isdigit() and len(k) < 10 else k for k in dotted.split(".")]
+
+
+def assign(data: dict, dotted: str, value: Any, lines: dict[Path_, int], line: int) -> str | None:
+    """Set the field at a dotted path (creating missing mappings, as `--set` does) and record `line` for it
+    (0: from --set); None, or what is wrong with the path."""
+    keys = field_path(dotted)
+    node: Any = data
+    for i, k in enumerate(keys[:-1]):
+        nxt = keys[i + 1]
+        here = ".".join(map(str, keys[: i + 1]))
+        if isinstance(node, list):
+            if not isinstance(k, int) or k >= len(node):
+                return f"{here} does not exist"
+            node = node[k]
+        else:
+            if k not in node or node[k] is None:
+                node[k] = [] if isinstance(nxt, int) else {}
+            node = node[k]
+        if not isinstance(node, dict | list):
+            return f"{here} holds {_short(node, 40)}, not a mapping or a list"
+    last = keys[-1]
+    if isinstance(node, list) and (not isinstance(last, int) or last >= len(node)):
+        return f"index {last} does not exist"
+    node[last] = value
+    prefix = tuple(keys)
+    for p in [p for p in lines if p[: len(prefix)] == prefix]:
+        del lines[p]  # the file's lines no longer describe what is there
+    lines[prefix] = line
+    return None
 
 
 # ----------------------------------------------------------------------------- error formatting

@@ -613,6 +613,69 @@ class Diagnostics(Base):
         return self
 
 
+# ----------------------------------------------------------------------------- sweep
+
+MAX_SWEEP_CELLS = 1000  # more cells than this is refused unless `max_cells` confirms the count
+SWEEP_FIXED = ("name", "title", "description", "report", "diagnostics", "sweep")  # not result-affecting
+SweepValues = Annotated[list[Any], Field(min_length=1, max_length=10_000)]
+
+
+class Sweep(Base):
+    """A grid of derived studies (cells), each the spec with one value per axis (dotted paths, as `--set`).
+
+    `grid` axes multiply; each `zip` group is one axis of paired values (its lists are equally long, the i-th
+    values go together). Each cell is a study named after its values, e.g. `toy_sweep[gamma=1e4,eps=1e-5]`;
+    cells share every stage whose key their values leave unchanged (train once, sample per sampler setting)."""
+
+    grid: dict[str, SweepValues] = Field(
+        default_factory=dict, max_length=32, description="Axis (dotted field path) -> values; axes multiply."
+    )
+    zip: list[dict[str, SweepValues]] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Groups of paired axes: within a group the lists are equally long and vary together.",
+    )
+    max_cells: int = Field(
+        default=MAX_SWEEP_CELLS,
+        ge=1,
+        le=1_000_000,
+        strict=True,
+        description=f"Confirms a grid larger than {MAX_SWEEP_CELLS} cells (a larger one is refused).",
+    )
+
+    @model_validator(mode="after")
+    def _axes(self) -> Sweep:
+        paths = [*self.grid, *(p for group in self.zip for p in group)]
+        if not paths:
+            raise ValueError("a sweep needs at least one axis under 'grid' or 'zip'")
+        for p in paths:
+            if paths.count(p) > 1:
+                raise ValueError(f"axis {p!r} is given twice; give each field one axis")
+            parts = p.split(".")
+            if not p or len(p) > 200 or any(not part for part in parts):
+                raise ValueError(f"axis {p!r}: expected a dotted field path, e.g. sampler.gamma")
+            if parts[0] in SWEEP_FIXED:
+                raise ValueError(
+                    f"axis {p!r}: '{parts[0]}' does not change any result (cells would be the same study); "
+                    "sweep over fields of the model, data, training, observables, sampler or analyses"
+                )
+        for i, group in enumerate(self.zip):
+            lengths = {p: len(v) for p, v in group.items()}
+            if len(set(lengths.values())) > 1:
+                shown = ", ".join(f"{p}: {n}" for p, n in lengths.items())
+                raise ValueError(f"zip group {i}: paired axes need lists of one length (got {shown})")
+        return self
+
+    def axes(self) -> list[list[tuple[str, Any]]]:
+        """One list per axis of the grid (each zip group is one axis): its values as [(path, value), ...]."""
+        out = [[((p, v),) for v in values] for p, values in self.grid.items()]
+        out += [list(zip(*([(p, v) for v in vals] for p, vals in g.items()))) for g in self.zip]
+        return out
+
+    def count(self) -> int:
+        return math.prod(len(axis) for axis in self.axes())
+
+
 # ----------------------------------------------------------------------------- study
 
 
@@ -650,6 +713,9 @@ class Study(Base):
     diagnostics: Diagnostics = Field(
         default_factory=Diagnostics,
         description="Convergence-screen thresholds: what `sbif run` flags (display only, never keyed).",
+    )
+    sweep: Sweep | None = Field(
+        default=None, description="Run the study as a grid of cells over these fields (see `Sweep`)."
     )
 
     @model_validator(mode="after")

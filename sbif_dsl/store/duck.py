@@ -462,6 +462,15 @@ class Store:
             )
             con.execute("COMMIT")
 
+    def set_sweep(self, sweep: str, rows: list[tuple]) -> None:
+        """Record a sweep's current cells: (study, cell, position, axis, path, value, value_num) per cell and field;
+        cells no longer in the sweep leave the `sweep` view (their studies and stages stay until `gc`)."""
+        with self.connect(views=False) as con:
+            con.execute("BEGIN TRANSACTION")
+            con.execute("DELETE FROM sweep_cells WHERE sweep = ?", [sweep])
+            con.executemany("INSERT INTO sweep_cells VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [[sweep, *r] for r in rows])
+            con.execute("COMMIT")
+
     # ------------------------------------------------------------------ maintenance
 
     def list_stages(self) -> list[tuple]:

@@ -39,6 +39,16 @@ CREATE TABLE IF NOT EXISTS study_stages (
     study VARCHAR NOT NULL, key VARCHAR NOT NULL, analysis VARCHAR, PRIMARY KEY (study, key)
 );
 """
+# Newer registry tables, which an older cache opened read-only lacks (views.py gives it empty TEMP stand-ins).
+# sweep_cells: the current cells of each sweep, one row per cell and axis field (position: the field's order in the
+# sweep block; value as text, and as a number when it is one)
+LATER_REGISTRY = {
+    "sweep_cells": """CREATE TABLE IF NOT EXISTS sweep_cells (
+    sweep VARCHAR NOT NULL, study VARCHAR NOT NULL, cell INTEGER NOT NULL, position INTEGER NOT NULL,
+    axis VARCHAR NOT NULL, path VARCHAR NOT NULL, value VARCHAR, value_num DOUBLE, PRIMARY KEY (sweep, study, path)
+)""",
+}
+REGISTRY += "".join(ddl + ";\n" for ddl in LATER_REGISTRY.values())
 
 
 def result_tables() -> list:

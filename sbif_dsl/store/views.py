@@ -32,6 +32,11 @@ STORE_VIEWS: dict[str, tuple[str, str]] = {
         "every stage of every study: kind, checkpoint step, wall time, versions, seed, and where it ran "
         "(device, host, Ray node_ip, CPU threads)",
     ),
+    "sweep": (
+        "SELECT sweep, study, cell, position, axis, path, value, value_num FROM sweep_cells",
+        "one row per sweep cell and axis field: the cell's study (join any view on study), the field's position in "
+        "the sweep block, short name and dotted path, its value as text and as a number (NULL unless numeric)",
+    ),
 }
 LOSS_TRACES_DOC = "loss of every tracked sample (token position `pos`, 0 for per-sample losses) at every draw"
 
@@ -76,12 +81,13 @@ def traces_view_sql(objects_dir: Path) -> str:
 def _temp_missing_tables(con) -> None:
     """A cache written by an older version lacks newer r_* tables until its next write: give a (read-only)
     connection empty TEMP stand-ins, so every view exists and simply shows no rows for them."""
-    from .schema import result_tables
+    from .schema import LATER_REGISTRY, result_tables
 
     have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
-    for t in result_tables():
-        if t.name not in have:
-            con.execute(t.ddl.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS", 1))
+    ddl = {**LATER_REGISTRY, **{t.name: t.ddl for t in result_tables()}}
+    for name, text in ddl.items():
+        if name not in have:
+            con.execute(text.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS", 1))
 
 
 def _study_scope(con) -> str:
