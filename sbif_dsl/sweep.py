@@ -105,7 +105,8 @@ class Sweep:
         import time
 
         t0 = time.perf_counter()
-        self._check_distinct([c.stages() for c in self.cells])
+        stages = [c.stages() for c in self.cells]
+        self._check_distinct(stages)
         self.record()
         out = SweepResult()
         for i, cell in enumerate(self.cells):
@@ -124,8 +125,7 @@ class Sweep:
             out.repaired.update(r.repaired)
             if on_cell_done:
                 on_cell_done(i, len(self.cells), cell, r, out.failed.get(cell.name))
-        distinct = {row[0] for c in self.cells for row in c.stages()}
-        out.total = len(distinct)
+        out.total = len({row[0] for rows in stages for row in rows})
         out.cached = out.total - len({s.key for s in out.ran})
         out.wall_s = time.perf_counter() - t0
         return out

@@ -121,6 +121,12 @@ def test_invalid_cells_are_reported_before_anything_runs(tmp_path, cache_path):
         ("\nsweep:\n  zip:\n    - {sampler.gamma: [1, 2], sampler.eps: [0.1]}\n", "lists of one length"),
         ("\nsweep:\n  grid: {sampler.gamma: [1, 2]}\n  zip:\n    - {sampler.gamma: [3, 4]}\n", "given twice"),
         ("\nsweep:\n  grid: {sampler.gamma: []}\n", "at least 1 item"),
+        ("\nsweep:\n  grid: {sampler.gamma: [1, 1]}\n", "sampler.gamma=1 is given twice on one axis"),
+        ("\nsweep:\n  grid: {a..b: [1]}\n", "expected a dotted field path"),
+        ("\nsweep:\n  grid: {analyses.9.normalize: [pearson]}\n", "analyses.9 does not exist"),
+        ("\nsweep:\n  grid: {seed.x: [1]}\n", "seed holds 3, not a mapping or a list"),
+        ("\nsweep:\n  grid: {sampler.gamma: [.nan]}\n", "not NaN or infinity (got nan) (sweep cell [gamma=nan])"),
+        ("\nsweep:\n  grid: {sampler.gamma: [1, 2]}\n  max_cells: 100000\n", "less than or equal to 10000"),
     ],
 )
 def test_malformed_sweeps_are_one_line_errors(tmp_path, sweep, message):

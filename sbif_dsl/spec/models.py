@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Annotated, Any, Literal, Union
 
@@ -638,7 +639,7 @@ class Sweep(Base):
     max_cells: int = Field(
         default=MAX_SWEEP_CELLS,
         ge=1,
-        le=1_000_000,
+        le=10_000,
         strict=True,
         description=f"Confirms a grid larger than {MAX_SWEEP_CELLS} cells (a larger one is refused).",
     )
@@ -659,6 +660,12 @@ class Sweep(Base):
                     f"axis {p!r}: '{parts[0]}' does not change any result (cells would be the same study); "
                     "sweep over fields of the model, data, training, observables, sampler or analyses"
                 )
+        for axis in self.axes():
+            seen = [json.dumps(setting, sort_keys=True, default=str) for setting in axis]
+            twice = next((setting for setting, text in zip(axis, seen) if seen.count(text) > 1), None)
+            if twice is not None:
+                shown = ", ".join(f"{p}={v!r}" for p, v in twice)
+                raise ValueError(f"{shown} is given twice on one axis (two cells would be one study); keep one")
         for i, group in enumerate(self.zip):
             lengths = {p: len(v) for p, v in group.items()}
             if len(set(lengths.values())) > 1:
