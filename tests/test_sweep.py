@@ -11,6 +11,7 @@ import pytest
 
 import sbif_dsl as sb
 
+from .browser import render, require_chromium
 from .conftest import TINY_SPEC, sbif, write_spec
 
 GRID = """
@@ -63,6 +64,9 @@ def test_cells_share_training_and_run_through_the_cli(tmp_path, cache_path):
     html = (tmp_path / "sweep.html").read_text()
     assert "wrote" in report.stdout and "Do the sign flips survive?" in html and "LLC across the sweep" in html
     assert "grid[gamma=3000,eps=5e-5]" in html
+    require_chromium()
+    shown = render(tmp_path / "sweep.html")
+    assert shown.errors == [] and shown.charts >= 3 and shown.rendered == shown.charts, shown.missing
 
 
 def test_a_cell_equals_the_single_study_with_its_overrides(tmp_path, cache_path):
