@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .api import Connection, RunResult, Study, _store, views
+from .api import Connection, RunResult, Study, _store, make_backend, views
 from .errors import CacheLockedError, SbifError, UsageError
 from .spec.sweep import cells as sweep_cells
 from .spec.sweep import short_names, value_text
@@ -109,6 +109,21 @@ class Sweep:
         self._check_distinct(stages)
         self.record()
         out = SweepResult()
+        held = None  # on Ray, one instance for every cell (a cell's backend joins it and leaves it running)
+        if options.get("executor") == "ray":
+            opts = {k: options.get(k) for k in ("ray_address", "workers", "threads")}
+            held = make_backend(self.store, "ray", **opts)
+        try:
+            self._run_cells(out, options, on_cell, on_cell_done)
+        finally:
+            if held is not None:
+                held.close()
+        out.total = len({row[0] for rows in stages for row in rows})
+        out.cached = out.total - len({s.key for s in out.ran})
+        out.wall_s = time.perf_counter() - t0
+        return out
+
+    def _run_cells(self, out: SweepResult, options: dict, on_cell, on_cell_done) -> None:
         for i, cell in enumerate(self.cells):
             if on_cell:
                 on_cell(i, len(self.cells), cell)
@@ -125,10 +140,6 @@ class Sweep:
             out.repaired.update(r.repaired)
             if on_cell_done:
                 on_cell_done(i, len(self.cells), cell, r, out.failed.get(cell.name))
-        out.total = len({row[0] for rows in stages for row in rows})
-        out.cached = out.total - len({s.key for s in out.ran})
-        out.wall_s = time.perf_counter() - t0
-        return out
 
     def sql(self, query: str, params: list | None = None):
         """SQL over the cache's views (cells are studies: join `sweep` on study); a `polars.DataFrame`."""

@@ -184,3 +184,15 @@ def test_deterministic_failure_is_reported_once_not_retried(tmp_path):
     with duckdb.connect(str(cache), read_only=True) as con:
         kinds = {k for (k,) in con.execute("SELECT DISTINCT kind FROM stage_registry").fetchall()}
     assert "sample" not in kinds and "checkpoint" in kinds
+
+
+def test_a_sweep_runs_its_cells_on_one_ray_instance(tmp_path):
+    """Cells run one after another on the same private Ray instance (one node id), bitwise the local run."""
+    spec = write_spec(tmp_path, TINY_SPEC + "sweep:\n  grid:\n    sampler.gamma: [1000, 3000]\n")
+    local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
+    sbif("run", str(spec), "--threads", "1", cache=local)
+    out = sbif_isolated("run", str(spec), "--executor", "ray", "--workers", "2", cache=ray_cache)
+    assert "of 2 cells" in out.stdout and "executor ray" in out.stdout, out.stdout
+    assert_same_cache(local, ray_cache)
+    prov = ray_provenance(ray_cache)
+    assert len({node for _, _, _, node, _ in prov}) == 1 and {ip for _, _, ip, _, _ in prov} == {"127.0.0.1"}
