@@ -64,6 +64,9 @@ def views() -> dict[str, str]:
 
 
 def _store(cache):
+    """A Store for a cache path (or the Store itself: a sweep's cells share one, and its held connection)."""
+    if hasattr(cache, "db_path"):
+        return cache
     from .store import Store
 
     return Store(cache)

@@ -263,10 +263,8 @@ def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threa
         def cell_done(i, n, cell, r, error) -> None:
             if error is not None:
                 click.echo(f"cell {i + 1}/{n} {cell.name}: failed: {error}", err=True)
-                return
-            click.echo(f"cell {i + 1}/{n} {cell.name}: ran {len(r.ran)} of {r.total} stages ({r.wall_s:.1f}s)")
-            for line in _screen_lines(cell.spec.study, cell.store, quiet=True):
-                click.echo(f"  {line}")
+            elif not quiet:
+                click.echo(f"cell {i + 1}/{n} {cell.name}: ran {len(r.ran)} of {r.total} stages ({r.wall_s:.1f}s)")
 
         result = study.run(on_cell_done=cell_done, **options)
     else:
@@ -283,24 +281,38 @@ def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threa
             f"(executor {executor}, device {devices}); cache {study.store.db_path}"
         )
     if cells is None:
-        for line in _screen_lines(study.spec.study, study.store, quiet):
+        for line in _screen_lines(study.spec.study, _screens(study.store, [study.name]), quiet):
             click.echo(line)
-    elif result.failed:
+        return
+    screens = _screens(study.store, [c.name for c in cells])
+    for cell in cells:
+        lines = _screen_lines(cell.spec.study, screens, quiet=True)
+        if lines:
+            click.echo(f"{cell.name}: {lines[0]}")
+    if result.failed:
         _fail(f"error: {len(result.failed)} of {len(cells)} cells failed (the others ran)", EXIT_FAILED)
 
 
 SHOWN_SCREENS = 10  # checkpoints listed by `sbif run`; the rest are counted
 
 
-def _screen_lines(study, store, quiet: bool) -> list[str]:
-    """The convergence screens of the study's checkpoints (the `diagnostics` view), judged with the spec's
-    `diagnostics:` thresholds: one line per checkpoint that is not ok, with a hint. A failing screen never fails
-    the run. Quiet: one line, only when something is flagged."""
-    from .sampling.screens import OK, Thresholds, hint, verdict
+def _screens(store, studies: list[str]) -> list[dict]:
+    """The `diagnostics` rows of these studies, in one query."""
     from .store import fetch_frame
 
+    marks = ", ".join("?" for _ in studies)
     with store.connect(read_only=True) as con:
-        rows = fetch_frame(con, "SELECT * FROM diagnostics WHERE study = ? ORDER BY step", [study.name]).to_dicts()
+        sql = f"SELECT * FROM diagnostics WHERE study IN ({marks}) ORDER BY study, step"
+        return fetch_frame(con, sql, studies).to_dicts()
+
+
+def _screen_lines(study, screens: list[dict], quiet: bool) -> list[str]:
+    """The convergence screens of the study's checkpoints (its rows of the `diagnostics` view), judged with the
+    spec's `diagnostics:` thresholds: one line per checkpoint that is not ok, with a hint. A failing screen never
+    fails the run. Quiet: one line, only when something is flagged."""
+    from .sampling.screens import OK, Thresholds, hint, verdict
+
+    rows = [r for r in screens if r["study"] == study.name]
     if not rows:
         return []
     thresholds = Thresholds.of(study.diagnostics)

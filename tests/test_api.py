@@ -79,8 +79,8 @@ def test_an_unchanged_rerun_decides_from_the_recorded_plan_without_torch(tmp_pat
         "import sys, sbif_dsl as sb\n"
         f"study = sb.load({str(spec)!r}, cache={str(cache_path)!r})\n"
         "r = study.run()\n"
-        "from sbif_dsl.cli import _screen_lines\n"
-        "_screen_lines(study.spec.study, study.store, False)\n"
+        "from sbif_dsl.cli import _screen_lines, _screens\n"
+        "_screen_lines(study.spec.study, _screens(study.store, [study.name]), False)\n"
         "print(len(r.ran), r.cached, study.plan()['cached'].all(), 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()

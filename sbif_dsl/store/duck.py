@@ -440,12 +440,19 @@ class Store:
     def set_study(self, study: str, stages: dict[str, str | None], info: dict) -> None:
         """Record which stages a study's current spec references (what views show and gc keeps): key -> the name of
         the analysis the stage computes for this study (None for other stages)."""
+        fields = ["title", "description", "spec_path", "spec_hash", "spec_yaml", "seed"]
         with self.connect(views=False) as con:
+            have = con.execute("SELECT key, analysis FROM study_stages WHERE study = ?", [study]).fetchall()
+            row = con.execute(f"SELECT {', '.join(fields)} FROM study_registry WHERE study = ?", [study]).fetchone()
+            if dict(have) == stages and row == tuple(info.get(f) for f in fields):
+                return  # an unchanged re-run: nothing to write
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM study_stages WHERE study = ?", [study])
-            con.executemany(
-                "INSERT INTO study_stages VALUES (?, ?, ?)", [[study, k, stages[k]] for k in sorted(stages)]
-            )
+            rows = [[study, k, stages[k]] for k in sorted(stages)]
+            for i in range(0, len(rows), 500):  # one statement per 500 rows: executemany runs one per row
+                chunk = rows[i : i + 500]
+                values = ", ".join("(?, ?, ?)" for _ in chunk)
+                con.execute(f"INSERT INTO study_stages VALUES {values}", [v for r in chunk for v in r])
             con.execute("DELETE FROM study_registry WHERE study = ?", [study])
             con.execute(
                 "INSERT INTO study_registry VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -466,6 +473,9 @@ class Store:
         """Record a sweep's current cells: (study, cell, position, axis, path, value, value_num) per cell and field;
         cells no longer in the sweep leave the `sweep` view (their studies and stages stay until `gc`)."""
         with self.connect(views=False) as con:
+            have = con.execute("SELECT * EXCLUDE (sweep) FROM sweep_cells WHERE sweep = ?", [sweep]).fetchall()
+            if sorted(have, key=str) == sorted(rows, key=str):
+                return
             con.execute("BEGIN TRANSACTION")
             con.execute("DELETE FROM sweep_cells WHERE sweep = ?", [sweep])
             con.executemany("INSERT INTO sweep_cells VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [[sweep, *r] for r in rows])
