@@ -4,15 +4,19 @@ values leave unchanged. Real runs through the CLI and the Python API on the tiny
 from __future__ import annotations
 
 import re
+import tempfile
+from pathlib import Path
 
 import duckdb
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
 
 import sbif_dsl as sb
 
 from .browser import render, require_chromium
 from .conftest import TINY_SPEC, sbif, write_spec
+from .hostile_corpus import mutated, write
 
 GRID = """
 sweep:
@@ -160,3 +164,21 @@ def test_set_on_a_swept_field_is_refused(tmp_path):
     with pytest.raises(sb.SpecError, match="overlaps sweep axis 'sampler.gamma'"):
         sb.load(sweep_spec(tmp_path), overrides={"sampler.gamma": 5.0})
     assert sb.load(sweep_spec(tmp_path), overrides={"sampler.draws": 10}).cells[0].spec.study.sampler.draws == 10
+
+
+@settings(max_examples=300, deadline=4000, suppress_health_check=list(HealthCheck), database=None)
+@given(mutated({"sweep": BASE + GRID + "  zip:\n    - {sampler.chains: [2, 3], sampler.draws: [20, 30]}\n"}))
+def test_damaged_sweep_specs_expand_or_say_why_in_one_line(case):
+    """Mutated sweep specs: loading and expanding the cells returns or raises SpecError (nothing else), one line
+    per problem, each naming the file."""
+    from sbif_dsl.spec import load_spec
+    from sbif_dsl.spec.sweep import cells
+
+    _, data = case
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write(Path(tmp), data)
+        try:
+            spec = load_spec(path)
+            cells(spec)
+        except sb.SpecError as e:
+            assert e.problems and all(p.startswith(str(path)) and "\n" not in p for p in e.problems), e.problems
