@@ -4,6 +4,7 @@ values leave unchanged. Real runs through the CLI and the Python API on the tiny
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -36,13 +37,27 @@ def registry(cache) -> dict[str, int]:
         return dict(con.execute("SELECT kind, count(*) FROM stage_registry GROUP BY kind").fetchall())
 
 
-def test_cells_share_training_and_run_through_the_cli(tmp_path, cache_path):
-    spec = sweep_spec(tmp_path)
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """The 2 × 2 sweep planned and run once through the CLI: (spec, cache, plan output, run output). Tests that
+    write copy the cache (`copied`)."""
+    tmp = tmp_path_factory.mktemp("swept")
+    spec, cache = sweep_spec(tmp), tmp / "cache" / "sbif.duckdb"
+    plan = sbif("plan", str(spec), cache=cache).stdout
+    return spec, cache, plan, sbif("run", str(spec), cache=cache).stdout
+
+
+def copied(cache, tmp_path):
+    """A private copy of a cache folder (the DuckDB file and its objects folder)."""
+    shutil.copytree(cache.parent, tmp_path / "copy")
+    return tmp_path / "copy" / cache.name
+
+
+def test_cells_share_training_and_run_through_the_cli(swept, tmp_path):
+    spec, cache_path, plan, out = swept
     assert "4 cells, each valid" in sbif("validate", str(spec)).stdout
-    plan = sbif("plan", str(spec), cache=cache_path).stdout
     assert re.search(r"cell 0  grid\[gamma=1000,eps=0\.0001\]: 19 stages \(4 shared with other cells\)", plan), plan
     assert "4 cells: 64 distinct stages of 76 in the cells; 4 shared by every cell (3 checkpoint, 1 dataset)" in plan
-    out = sbif("run", str(spec), cache=cache_path).stdout
     assert "ran 64 stages of 4 cells" in out, out
     kinds = registry(cache_path)
     assert kinds["checkpoint"] == 3 and kinds["dataset"] == 1  # trained once for all four cells
@@ -73,8 +88,8 @@ def test_cells_share_training_and_run_through_the_cli(tmp_path, cache_path):
     assert shown.errors == [] and shown.charts >= 3 and shown.rendered == shown.charts, shown.missing
 
 
-def test_a_cell_equals_the_single_study_with_its_overrides(tmp_path, cache_path):
-    sb.load(sweep_spec(tmp_path), cache=cache_path).run()
+def test_a_cell_equals_the_single_study_with_its_overrides(swept, tmp_path):
+    cache_path = swept[1]
     alone = tmp_path / "alone" / "sbif.duckdb"
     single = write_spec(tmp_path, BASE, name="single.yaml")
     sbif("run", str(single), "--set", "sampler.gamma=3000", "--set", "sampler.eps=5e-5", cache=alone)
@@ -87,8 +102,8 @@ def test_a_cell_equals_the_single_study_with_its_overrides(tmp_path, cache_path)
     assert sb.connect(cache_path).sql(keys, ["grid[gamma=3000,eps=5e-5]"]).equals(sb.connect(alone).sql(keys, ["grid"]))
 
 
-def test_adding_a_value_computes_only_the_new_cells(tmp_path, cache_path):
-    sbif("run", str(sweep_spec(tmp_path)), cache=cache_path)
+def test_adding_a_value_computes_only_the_new_cells(swept, tmp_path):
+    cache_path = copied(swept[1], tmp_path)
     wider = sweep_spec(tmp_path, GRID.replace("[1000, 3000]", "[1000, 3000, 9000]"))
     out = sbif("run", str(wider), cache=cache_path).stdout
     # two new cells (gamma 9000 × two eps): 3 checkpoints × (sample + 2 bif + llc + loss_kernel) each
@@ -107,6 +122,13 @@ def test_zip_pairs_axes(tmp_path, cache_path):
     assert plan.columns[:2] == ["cell", "study"] and plan.columns[-1] == "shared_by"
     assert plan.filter(pl.col("kind") == "checkpoint")["shared_by"].to_list() == [2] * 6
     assert plan.filter(pl.col("kind") == "sample")["shared_by"].to_list() == [1] * 6
+    result = sweep.run()
+    assert isinstance(result, sb.SweepResult) and list(result.cells) == [c.name for c in sweep.cells]
+    assert len(result.ran) == result.total == 4 + 2 * 15 and not result.failed
+    again = sweep.run()
+    assert again.ran == [] and again.cached == again.total == 34 and sweep.plan()["cached"].all()
+    chains = sweep.sql("SELECT DISTINCT study, chains FROM llc_summary ORDER BY study")
+    assert chains["chains"].to_list() == [2, 4]
 
 
 def test_invalid_cells_are_reported_before_anything_runs(tmp_path, cache_path):
