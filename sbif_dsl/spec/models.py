@@ -302,9 +302,7 @@ class MLPModel(Base):
     activation: Literal["relu", "tanh", "gelu"] = Field(default="relu", description="Nonlinearity between layers.")
 
 
-Model = Annotated[
-    DeepLinearModel | PythonModel | TransformerModel | HFCausalLM | MLPModel, Field(discriminator="kind")
-]
+Model = Annotated[DeepLinearModel | PythonModel | TransformerModel | HFCausalLM | MLPModel, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- checkpoints
