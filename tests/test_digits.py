@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
@@ -68,14 +67,10 @@ def test_small_digits_study_end_to_end(tmp_path, cache_path):
     spec = write_spec(tmp_path, SMALL)
     out = sbif("run", str(spec), cache=cache_path).stdout
     assert "ran 15 stages" in out  # dataset, 3 × (checkpoint, sample, bif), 4 subsets, lds
-    rows = json.loads(
-        sbif("query", "SELECT * FROM lds ORDER BY step NULLS LAST", "--format", "json", cache=cache_path).stdout
-    )
-    assert [r["scope"] for r in rows] == ["checkpoint"] * 3 + ["overall"] and {r["n_subsets"] for r in rows} == {4}
-    assert all(-1 <= r["spearman"] <= 1 for r in rows if r["spearman"] is not None)
-    report = tmp_path / "r.html"
-    sbif("report", str(spec), "-o", str(report), cache=cache_path)
-    assert "lds: LDS over training" in report.read_text()
+    lds = sb.connect(cache_path).sql("SELECT * FROM lds ORDER BY step NULLS LAST")
+    assert lds["scope"].to_list() == ["checkpoint"] * 3 + ["overall"] and set(lds["n_subsets"]) == {4}
+    assert all(-1 <= v <= 1 for v in lds["spearman"].drop_nulls())
+    assert sb.connect(cache_path).sql("SELECT count(*) AS n FROM lds_subsets")["n"][0] == 3 * 4 * 10
     with pytest.raises(sb.SpecError) as e:
         sb.load(spec, overrides={"data.n_train": 1700, "data.n_test": 200})
     assert any("data: n_train + n_test = 1900; there are 1797 images" in p for p in e.value.problems), e.value.problems
