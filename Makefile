@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 # torch is pinned in pyproject.toml to a CPU build that installs fast here (no multi-GB CUDA wheels).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,hf,ray]'
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test,hf,ray,digits]'
 	touch $@
 
 # Headless Chromium for the report's browser test (Debian package; needs root, as on CI).

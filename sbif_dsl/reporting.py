@@ -30,6 +30,7 @@ REPORT_VIEWS = [
     "loo",
     "agreement",
     "agreement_pairs",
+    "lds",
 ]
 
 

@@ -56,9 +56,12 @@ def functional_loss(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor])
 @contextmanager
 def cpu_threads_for(module: nn.Module, chains: int, batch: int, sample: Tensor):
     """Tiny models are overhead-bound: extra intra-op threads only add contention (4x slower on a busy 2-core CPU
-    for the toy), so workloads under SMALL_WORKLOAD multiply-adds per step run single-threaded."""
+    for the toy; 40x for the digits MLP), so workloads under SMALL_WORKLOAD multiply-adds per step run
+    single-threaded. A sample's positions multiply the work (a sequence's tokens reuse every weight); a float
+    feature vector is one position (its width is already in the first layer's parameters)."""
     n_params = sum(p.numel() for p in module.parameters())
-    work = n_params * chains * batch * max(1, sample.numel())  # ~ multiply-adds per step
+    positions = 1 if sample.dim() <= 1 and sample.is_floating_point() else max(1, sample.numel())
+    work = n_params * chains * batch * positions  # ~ multiply-adds per step
     before = torch.get_num_threads()
     if work < SMALL_WORKLOAD:
         torch.set_num_threads(1)
@@ -298,8 +301,15 @@ def _python_data(rt: Runtime, data) -> Dataset:
     return check_dataset(ds, origin)
 
 
+def _digits(rt: Runtime, data) -> Dataset:
+    from .data.digits import digits_dataset
+
+    return digits_dataset(data.n_train, data.n_test, data.split_seed)
+
+
 DATA_BUILDERS: dict[str, Callable[..., Dataset]] = {
     "hierarchy": _hierarchy_data,
+    "digits": _digits,
     "synthetic_language": _synthetic_language,
     "text_files": _text_files,
     "python": _python_data,
@@ -343,8 +353,17 @@ def _python_model(rt: Runtime, m, init_seed: int | None) -> nn.Module:
     return check_module(fn(rt.dataset, **m.options), f"model factory {m.factory!r}")
 
 
+def _mlp(rt: Runtime, m, init_seed: int | None) -> nn.Module:
+    from .models.mlp import MLP
+
+    x, y = rt.dataset.train.inputs, rt.dataset.train.targets
+    out = rt.dataset.meta.get("classes") or (y.shape[1] if y.dim() == 2 else 1)
+    return MLP([x[0].numel(), *m.hidden, out], m.activation)  # seeded by new_module (torch's default init)
+
+
 MODEL_BUILDERS: dict[str, Callable[..., nn.Module]] = {
     "deep_linear": _deep_linear,
+    "mlp": _mlp,
     "transformer": _transformer,
     "hf_causal_lm": _hf_causal_lm,
     "python": _python_model,

@@ -37,3 +37,14 @@ def regression_with_scalar_loss(**kw) -> Dataset:
 
 def not_a_dataset(**options):
     return {"x": [1, 2, 3]}
+
+
+def ridge(n: int = 40, d: int = 4, n_test: int = 8, noise: float = 0.5, seed: int = 0) -> Dataset:
+    """Linear regression with a held-out 'test' set: the LDS ground truth (subset retraining has a closed form)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + n_test, d, generator=g)
+    w = torch.randn(d, generator=g)
+    y = x @ w + noise * torch.randn(n + n_test, generator=g)
+    train = SampleSet(inputs=x[:n], targets=y[:n], names=[f"pt{i:02d}" for i in range(n)])
+    test = SampleSet(inputs=x[n:], targets=y[n:], names=[f"test{i}" for i in range(n_test)])
+    return Dataset(train=train, loss=squared, queries={"test": test})

@@ -23,7 +23,10 @@ from sbif_dsl.store import Store
 from .conftest import REPO, TINY_SPEC, sbif, write_spec
 from .test_lm_e2e import LM_SPEC
 
-TOY = TINY_SPEC + "  - {kind: loo, left_out: [item0, item3]}\n  - {kind: agreement, bif: bif, loo: loo}\n"
+TOY = TINY_SPEC + (
+    "  - {kind: loo, left_out: [item0, item3]}\n  - {kind: agreement, bif: bif, loo: loo}\n"
+    "  - {kind: lds, subsets: 2, bif: train_on_left, bootstrap: 50}\n"
+)
 
 
 def _fresh_outputs(tmp_path, spec_path, cache, calibrate: bool):
@@ -83,7 +86,7 @@ class _Result:
     ("text", "calibrate", "kinds"),
     [
         (TOY, True, {"dataset", "checkpoint", "sample", "bif", "llc", "loss_kernel", "loo", "agreement",
-                     "calibration"}),
+                     "lds_subset", "lds", "calibration"}),
         (LM_SPEC, False, {"dataset", "checkpoint", "token_classes", "sample", "class_bif", "bif", "token_bif",
                           "induction_score", "class_loss"}),
     ],

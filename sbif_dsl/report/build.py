@@ -13,6 +13,8 @@ import polars as pl
 from sbif_dsl.report import charts
 from sbif_dsl.report.detect import DetectParams, detect_events, detect_transitions, pairs_frame
 from sbif_dsl.report.html import Section, header_from_frames, render_report
+from sbif_dsl.report.lds import NOTE as LDS_NOTE
+from sbif_dsl.report.lds import lds_items
 from sbif_dsl.report.tables import Html, agreement_table, transitions_table
 
 DEFAULT_PAIRS = (("dog", "cat"), ("dog", "sparrow"), ("dog", "lily"))
@@ -77,22 +79,33 @@ def transition_steps(steps: Sequence[int], transitions: pl.DataFrame, k: int = 6
 
 
 def validation_section(
-    agreement: pl.DataFrame | None, agreement_pairs: pl.DataFrame | None, loo: pl.DataFrame | None = None
+    agreement: pl.DataFrame | None,
+    agreement_pairs: pl.DataFrame | None,
+    loo: pl.DataFrame | None = None,
+    lds: pl.DataFrame | None = None,
 ) -> Section | None:
-    """BIF vs leave-one-out: per `agreement` analysis a scatter with a checkpoint slider, the agreement curve
-    and the pooled numbers (`agreement`, `agreement_pairs` views). A study with a `loo` analysis but no
-    agreement gets a note saying how to add one; neither: no section."""
+    """BIF vs retraining: per `agreement` analysis a scatter with a checkpoint slider, the agreement curve
+    and the pooled numbers (`agreement`, `agreement_pairs` views); per `lds` analysis the LDS over training
+    (`lds` view). A study with a `loo` analysis but no agreement gets a note saying how to add one; none of
+    them: no section."""
+    if lds is not None and "analysis" not in lds.columns:
+        lds = None
+    lds_part = lds_items(lds) if lds is not None else []
     names: list[str] = []
     for df in (agreement, agreement_pairs):
         if df is not None and "analysis" in df.columns:
             names += [n for n in df["analysis"].unique(maintain_order=True).to_list() if n not in names]
-    title = "Validation: BIF vs leave-one-out"
+    title = "Validation: BIF vs leave-one-out" if not lds_part else "Validation: BIF vs retraining"
     note = (
         "The leave-one-out (LOO) ground truth retrains without each source item and measures every target's "
         "loss: LOO Δ = l_target(full run) − l_target(run without the source), negative = helpful, as the BIF. "
         "Each agreement analysis compares one BIF analysis with it over the off-diagonal pairs."
     )
+    if lds_part:
+        note = LDS_NOTE if not names and loo is None else f"{note} {LDS_NOTE}"
     if not names:
+        if lds_part:
+            return Section(title, lds_part, note=note)
         if loo is None:
             return None
         return Section(
@@ -116,7 +129,7 @@ def validation_section(
         if stats is not None and stats.height:
             items.append(Html('<p class="note">Pooled over all pairs and checkpoints:</p>'))
             items.append(agreement_table(stats))
-    return Section(title, items, note=note)
+    return Section(title, items + lds_part, note=note)
 
 
 def standard_sections(
@@ -129,7 +142,7 @@ def standard_sections(
     heatmap_steps: Sequence[int] | None = None,
 ) -> list[Section]:
     """Sections for whatever frames are present and non-empty (keys are view names: training_curve,
-    llc_summary, bif, class_bif, induction_score, class_loss, loo, agreement, agreement_pairs). Transitions
+    llc_summary, bif, class_bif, induction_score, class_loss, loo, agreement, agreement_pairs, lds). Transitions
     are detected from the training curve, the LLC and the selected BIF pairs (class pairs when the study has
     no sample BIF); where the BIF frames carry 95% intervals each sign flip and peak is called significant or
     not (`significance.py`)."""
@@ -141,7 +154,10 @@ def standard_sections(
     ind = _frame(frames, "induction_score", study)
     closs = _frame(frames, "class_loss", study)
     validation = validation_section(
-        _frame(frames, "agreement", study), _frame(frames, "agreement_pairs", study), _frame(frames, "loo", study)
+        _frame(frames, "agreement", study),
+        _frame(frames, "agreement_pairs", study),
+        _frame(frames, "loo", study),
+        _frame(frames, "lds", study),
     )
 
     value = p.value

@@ -194,7 +194,27 @@ class TextFilesData(Base):
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec, description="How text becomes tokens.")
 
 
-Data = Annotated[HierarchyData | PythonData | SyntheticLanguageData | TextFilesData, Field(discriminator="kind")]
+class DigitsData(Base):
+    """scikit-learn's bundled digits (1797 8×8 grey images, 10 classes; no download; needs the `digits` extra):
+    a seeded split into the training set and a held-out 'test' set, cross-entropy loss."""
+
+    KEYED = ("kind", "n_train", "n_test", "split_seed")
+
+    kind: Literal["digits"] = Field(description="Built-in digits (scikit-learn's load_digits).")
+    n_train: int = Field(default=1000, ge=1, le=1797, strict=True, description="Training images.")
+    n_test: int = Field(default=100, ge=0, le=1796, strict=True, description="Held-out images in the 'test' set.")
+    split_seed: int = Field(default=0, ge=0, le=2**31 - 1, strict=True, description="Seed of the train/test split.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> DigitsData:
+        if self.n_train + self.n_test > 1797:
+            raise ValueError(f"n_train + n_test = {self.n_train + self.n_test}; there are 1797 images")
+        return self
+
+
+Data = Annotated[
+    HierarchyData | PythonData | SyntheticLanguageData | TextFilesData | DigitsData, Field(discriminator="kind")
+]
 
 
 # ----------------------------------------------------------------------------- models
@@ -270,7 +290,20 @@ class HFCausalLM(Base):
     )
 
 
-Model = Annotated[DeepLinearModel | PythonModel | TransformerModel | HFCausalLM, Field(discriminator="kind")]
+class MLPModel(Base):
+    """A multilayer perceptron for vector inputs; the input width comes from the data, the output width from the
+    data's classes (classification) or its target width. Torch's default initialisation, seeded."""
+
+    KEYED = ("kind", "hidden", "activation")
+
+    kind: Literal["mlp"] = Field(description="Built-in multilayer perceptron.")
+    hidden: list[Annotated[int, Field(ge=1, le=65536, strict=True)]] = Field(
+        default=[32], min_length=1, max_length=64, description="Widths of the hidden layers."
+    )
+    activation: Literal["relu", "tanh", "gelu"] = Field(default="relu", description="Nonlinearity between layers.")
+
+
+Model = Annotated[DeepLinearModel | PythonModel | TransformerModel | HFCausalLM | MLPModel, Field(discriminator="kind")]
 
 
 # ----------------------------------------------------------------------------- checkpoints

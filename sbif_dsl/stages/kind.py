@@ -78,3 +78,4 @@ class AnalysisKind(Kind):
     params: Callable[..., dict] | None = None  # (rt, analysis) -> derived keyed params (e.g. an observable's set)
     build: Callable[..., list] | None = None  # attach "study": (rt, analysis, index, PlanSoFar) -> [Stage]
     problems: Callable[..., list] | None = None  # (study, index, analysis) -> [(field path, message)]
+    helpers: tuple[Kind, ...] = ()  # further stage kinds its `build` makes (lds: one retrain stage per subset)

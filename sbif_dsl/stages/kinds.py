@@ -3,7 +3,8 @@ and the SQL views loop over these lists; nothing registers itself on import.
 
 To add an analysis kind: write its module (spec model, `KIND = AnalysisKind(...)`, run) and add one line to
 ANALYSES. Order matters only for attach "study" kinds: they are built in this order (agreement reads the stages of
-loo and cumulative_bif, so it comes after them).
+loo and cumulative_bif, so it comes after them). An analysis that makes stages of further kinds declares them as its
+`helpers` (lds: its per-subset retrains), so they need no line here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from . import (
     cumulative_bif,
     dataset,
     induction_score,
+    lds,
     llc,
     load,
     loo,
@@ -37,11 +39,16 @@ ANALYSES: list[AnalysisKind] = [
     induction_score.KIND,
     class_loss.KIND,
     loo.KIND,
+    lds.KIND,
     cumulative_bif.KIND,
     agreement.KIND,
 ]
 
-KINDS: list[Kind] = [dataset.KIND, train.KIND, load.KIND, tokens.KIND, sample.KIND, calibration.KIND, *ANALYSES]
+KINDS: list[Kind] = [
+    *(dataset.KIND, train.KIND, load.KIND, tokens.KIND, sample.KIND, calibration.KIND),
+    *ANALYSES,
+    *(h for a in ANALYSES for h in a.helpers),  # stage kinds an analysis builds besides its own (lds_subset)
+]
 
 BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}
 ANALYSIS: dict[str, AnalysisKind] = {k.name: k for k in ANALYSES}
