@@ -91,7 +91,9 @@ class TrackedEvaluation:
         vectorize: bool,
         workers: Workers | None,
     ):
-        self.calls = [OverChains(f[0], (0, None, None), chains, vectorize, loop_fns=f, workers=workers) for f in set_fns]
+        self.calls = [
+            OverChains(f[0], (0, None, None), chains, vectorize, loop_fns=f, workers=workers) for f in set_fns
+        ]
         self.slices = []  # per set: (start, inputs, targets) of each call
         for s in sets:
             k = max(1, s.chunk // chains) if vectorize else s.chunk  # one vmapped call covers all chains

@@ -640,7 +640,8 @@ class Study(Base):
         default_factory=lambda: [LossObservable(name="train", data="train")],
         min_length=1,
         max_length=256,
-        description="What is recorded at every draw: losses of sample sets (the default kind), functions of their outputs, induction scores, user hooks.",
+        description="What is recorded at every draw: losses of sample sets (the default kind), functions of "
+        "their outputs, induction scores, user hooks.",
     )
     sampler: Sampler = Field(default_factory=Sampler, description="SGLD settings.")
     analyses: list[Analysis] = Field(

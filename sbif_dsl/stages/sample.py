@@ -103,9 +103,8 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     import torch
 
     from ..errors import NonFiniteError
-    from ..sampling import SGLDConfig, run_chains
-
     from ..observables import tracking
+    from ..sampling import SGLDConfig, run_chains
 
     p = stage.params
     module = rt.module_at(inputs.file(stage.inputs[0], "state.pt"))
