@@ -206,6 +206,7 @@ LM_SPEC = """\
       - {kind: bif, name: on_acc, source: sources, target: acc}
       - {kind: bif, name: on_ind, source: sources, target: ind}
       - {kind: induction_score, n_seqs: 4}
+      - {kind: observable_summary}
     """
 
 
@@ -245,3 +246,12 @@ def test_output_and_induction_observables_of_a_language_model(tmp_path, cache_pa
         assert 0 <= lo <= hi <= 1 and lo < hi
         if obs == "ind":  # max over heads, as the analysis: the draws stay near w* at this ε
             assert abs(mean - scores[step]) < 0.05 * scores[step], (step, mean, scores[step])
+
+    summary = con.sql(
+        "SELECT s.step, s.observable, s.n_items, s.mean, s.mean_se, s.sd, a.m FROM observable_summary s JOIN"
+        " (SELECT step, observable, avg(loss) AS m FROM loss_traces GROUP BY ALL) a USING (step, observable)"
+    )
+    assert summary.height == 2 * 8
+    for step, obs, n_items, mean, se, sd, direct in summary.rows():
+        assert abs(mean - direct) < 1e-6 * max(1.0, abs(direct)) and se >= 0 and sd > 0, (step, obs)
+        assert (n_items == 1) == (obs in ("acc", "ind", "ind10")), obs

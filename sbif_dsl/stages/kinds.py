@@ -21,6 +21,7 @@ from . import (
     load,
     loo,
     loss_kernel,
+    observable_summary,
     sample,
     token_bif,
     tokens,
@@ -39,6 +40,7 @@ ANALYSES: list[AnalysisKind] = [
     loo.KIND,
     cumulative_bif.KIND,
     agreement.KIND,
+    observable_summary.KIND,
 ]
 
 KINDS: list[Kind] = [dataset.KIND, train.KIND, load.KIND, tokens.KIND, sample.KIND, calibration.KIND, *ANALYSES]
