@@ -82,7 +82,8 @@ def plan(rt, module, specs: list, sets: dict) -> list[Tracked]:
         if all(m.is_loss for _, m in members):
             batches += [Tracked(x, y, None, [p]) for p in parts]  # exactly the loss path
         else:
-            batches.append(Tracked(x, y, _fused([m.on_outputs for _, m in members]), parts, fused=True))
+            fused = _Fused([m.on_outputs for _, m in members], max(math.prod(p.tail) for p in parts))
+            batches.append(Tracked(x, y, fused, parts, fused=True))
     order = {s.name: i for i, s in enumerate(specs)}
     return sorted(batches, key=lambda b: order[b.parts[0].name])
 
@@ -130,19 +131,21 @@ def _own(m: Measure):
     return lambda forward, x, y: m.on_params(forward, x, y)
 
 
-def _fused(fns: list):
+class _Fused:
     """One forward pass, every output observable of the set: (B, Σ widths) rows in the declared order. Under
-    autocast the outputs are cast to float32 and measured outside it (as the loss is)."""
+    autocast the outputs are cast to float32 and measured outside it (as the loss is). `chunk_values`: the values
+    per sample that scale its activations (the widest observable, not their sum), which sizes evaluation chunks."""
 
-    def measure(forward, x: Tensor, y: Tensor) -> Tensor:
+    def __init__(self, fns: list, chunk_values: int):
+        self.fns, self.chunk_values = fns, chunk_values
+
+    def __call__(self, forward, x: Tensor, y: Tensor) -> Tensor:
         out = forward(x)
         device_type = out.device.type
         if torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
-                return _rows([f(out.float(), y) for f in fns], x.shape[0], torch.float32)
-        return _rows([f(out, y) for f in fns], x.shape[0], out.dtype)
-
-    return measure
+                return _rows([f(out.float(), y) for f in self.fns], x.shape[0], torch.float32)
+        return _rows([f(out, y) for f in self.fns], x.shape[0], out.dtype)
 
 
 def _rows(values: list[Tensor], batch: int, dtype) -> Tensor:

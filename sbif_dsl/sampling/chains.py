@@ -70,7 +70,8 @@ def run_chains(
         raise ValueError("workers > 1 needs replicate: one model replica per worker thread")
     flat = FlatParams(params0, cfg.precision)
     measures = measures if measures is not None else [None] * len(tracked)
-    sets = probe_tracked([_measuring(loss_fn, m) for m in measures], flat, tracked, eval_batch_size)
+    widths = [getattr(m, "chunk_values", None) for m in measures]  # values per sample that scale activations
+    sets = probe_tracked([_measuring(loss_fn, m) for m in measures], flat, tracked, eval_batch_size, widths)
     eval_flops = max((s.flops * s.chunk for s in sets), default=0)  # one evaluation call, per chain
     batch = step_samples(cfg.batch_size, train[0].shape[0])  # samples in one step's minibatch
     step_vec, eval_vec, n_workers = vmap_or_loop(

@@ -63,16 +63,22 @@ class TrackedSet:
 
 
 def probe_tracked(
-    loss_fns: list[ParamLossFn], flat: FlatParams, tracked: list[tuple[Tensor, Tensor]], eval_batch_size: int
+    loss_fns: list[ParamLossFn],
+    flat: FlatParams,
+    tracked: list[tuple[Tensor, Tensor]],
+    eval_batch_size: int,
+    chunk_values: list[int | None] | None = None,
 ) -> list[TrackedSet]:
     """One probe sample per set at w* (loss_fns: one per set): the shape to allocate, the chunk size, the FLOPs to
-    decide vmap-or-loop."""
+    decide vmap-or-loop. chunk_values: per set, the values per sample that scale its activations when that is not
+    its recorded width (several observables of one forward pass; None: the width)."""
     p0 = flat.unflatten(flat.w0)
     sets = []
-    for loss_fn, (x, y) in zip(loss_fns, tracked, strict=True):
+    for k, (loss_fn, (x, y)) in enumerate(zip(loss_fns, tracked, strict=True)):
         out, flops = forward_flops(loss_fn, p0, x[:1], y[:1])
         tail = tuple(out.shape[1:])
-        chunk = max(1, min(eval_batch_size, _EVAL_ELEMENTS // max(1, math.prod(tail))))
+        values = (chunk_values[k] if chunk_values else None) or math.prod(tail)
+        chunk = max(1, min(eval_batch_size, _EVAL_ELEMENTS // max(1, values)))
         sets.append(TrackedSet(x, y, tail, chunk, flops))
     return sets
 
