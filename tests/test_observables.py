@@ -255,3 +255,20 @@ def test_output_and_induction_observables_of_a_language_model(tmp_path, cache_pa
     for step, obs, n_items, mean, se, sd, direct in summary.rows():
         assert abs(mean - direct) < 1e-6 * max(1.0, abs(direct)) and se >= 0 and sd > 0, (step, obs)
         assert (n_items == 1) == (obs in ("acc", "ind", "ind10")), obs
+
+
+def test_the_induction_observables_spec_shares_the_checkpoints_of_induction_lm():
+    """specs/induction_lm_observables.yaml claims the training of induction_lm.yaml (one cache trains once): every
+    block a checkpoint's key reads is the same (the keys themselves: tests/test_kinds.py pins induction-like plans)."""
+    from sbif_dsl.spec import load_spec
+
+    from .conftest import REPO
+
+    base, variant = (
+        load_spec(REPO / "specs" / n).study for n in ("induction_lm.yaml", "induction_lm_observables.yaml")
+    )
+    for block in ("data", "model"):
+        assert getattr(base, block).key_params() == getattr(variant, block).key_params(), block
+    assert base.training.key_params() == variant.training.key_params()
+    assert (base.seed, base.dtype, base.device) == (variant.seed, variant.dtype, variant.device)
+    assert set(variant.training.checkpoint_steps()) <= set(base.training.checkpoint_steps())
