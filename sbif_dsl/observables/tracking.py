@@ -73,7 +73,7 @@ def plan(rt, module, specs: list, sets: dict) -> list[Tracked]:
         m = OBSERVABLE[spec.kind].load_measure()(rt, spec)
         if m.on_params is not None:
             x, y = (rt.on_device(t) for t in m.inputs) if m.inputs is not None else _data(rt, spec, sets)
-            batches.append(Tracked(x, y, _own(m), [_part(spec, m, forward, x, y, sets)]))
+            batches.append(Tracked(x, y, m.on_params, [_part(spec, m, forward, x, y, sets)]))
             continue
         groups.setdefault((spec.data, spec.first), []).append((spec, m))
     for members in groups.values():
@@ -125,10 +125,6 @@ def _part(spec, m: Measure, forward, x: Tensor, y: Tensor, sets: dict) -> Part:
     else:
         names = list(sets[spec.data].names[: spec.first or len(sets[spec.data])])
     return Part(spec.name, m, tail, names)
-
-
-def _own(m: Measure):
-    return lambda forward, x, y: m.on_params(forward, x, y)
 
 
 class _Fused:

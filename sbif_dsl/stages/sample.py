@@ -1,4 +1,5 @@
-"""Sample stage: SGLD chains around one checkpoint, recording every tracked sample's loss at every draw.
+"""Sample stage: SGLD chains around one checkpoint, recording every observable at every draw (`observables/`: a
+sample set's losses, functions of its outputs in the same forward pass, induction scores, user hooks).
 
 Traces are stored as one Parquet artifact (long format, read by the `loss_traces` view and by every analysis over
 draws, through `stages/traces.py`); the minibatch losses feed the LLC. The spec's sampler block is converted once,
