@@ -22,9 +22,7 @@ class BifAnalysis(Base):
     name: str | None = Field(
         default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL (default 'bif')."
     )
-    source: str = Field(
-        default="train", max_length=128, description="Loss observable whose samples exert influence."
-    )
+    source: str = Field(default="train", max_length=128, description="Loss observable whose samples exert influence.")
     target: str | None = Field(
         default=None,
         max_length=128,
