@@ -34,15 +34,29 @@ EVAL_SAMPLES, EVAL_ELEMENTS = 1024, 1 << 14  # chunks of no-grad loss evaluation
 SMALL_WORKLOAD = 10_000_000  # params × chains × batch elements below which CPU runs use one thread
 
 
+class Forward:
+    """The model at one set of parameters, for observables that need more than its outputs (attention patterns):
+    `forward(x, **kw)` runs it, `forward.params` are the parameters by name."""
+
+    def __init__(self, module: nn.Module, params: dict[str, Tensor], buffers: dict[str, Tensor]):
+        self.module, self.params, self.buffers = module, params, buffers
+
+    def __call__(self, x: Tensor, **kwargs) -> Any:
+        return functional_call(self.module, (self.params, self.buffers), (x,), kwargs)
+
+
 def functional_loss(module: nn.Module, loss: Callable[[Tensor, Tensor], Tensor]):
-    """(params, inputs, targets) -> loss(module with params (inputs), targets): the sampler's loss function.
+    """(params, inputs, targets[, measure]) -> loss(module with params (inputs), targets): the sampler's loss
+    function; with `measure` (an observable, `observables.tracking`), measure(forward, inputs, targets) instead.
 
     Under autocast (sampler precision bfloat16) only the module runs in reduced precision: its output is cast
     to float32 and the loss computed outside autocast, so recorded per-sample losses are float32 arithmetic.
     """
     buffers = dict(module.named_buffers())
 
-    def per_sample_loss(params: dict[str, Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
+    def per_sample_loss(params: dict[str, Tensor], inputs: Tensor, targets: Tensor, measure=None) -> Tensor:
+        if measure is not None:
+            return measure(Forward(module, params, buffers), inputs, targets)
         out = functional_call(module, (params, buffers), (inputs,))
         device_type = out.device.type
         if not torch.is_autocast_enabled(device_type):

@@ -48,3 +48,31 @@ def ridge(n: int = 40, d: int = 4, n_test: int = 8, noise: float = 0.5, seed: in
     train = SampleSet(inputs=x[:n], targets=y[:n], names=[f"pt{i:02d}" for i in range(n)])
     test = SampleSet(inputs=x[n:], targets=y[n:], names=[f"test{i}" for i in range(n_test)])
     return Dataset(train=train, loss=squared, queries={"test": test})
+
+
+def prediction(outputs, targets):
+    """An observable linear in the weights of `linear`: φ_j = x_jᵀw."""
+    return outputs.squeeze(-1)
+
+
+def squared_prediction(outputs, targets, scale: float = 1.0):
+    """An observable quadratic in the weights: φ_j = scale·(x_jᵀw)²."""
+    return scale * outputs.squeeze(-1) ** 2
+
+
+def weight_norm(forward, inputs, targets):
+    """A function of the parameters and a batch (call: params): |w|² repeated per sample."""
+    w = forward.params["weight"]
+    return (w**2).sum().expand(inputs.shape[0])
+
+
+def summed_prediction(outputs, targets):
+    return outputs.sum()  # wrong: a scalar, not one value per sample
+
+
+def integer_prediction(outputs, targets):
+    return (outputs.squeeze(-1) > 0).long()  # wrong: not floating
+
+
+def strict_hook(outputs, targets, *, power):
+    return outputs.squeeze(-1) ** power

@@ -7,6 +7,7 @@ check each block for non-finite values. Python only walks the schedule; the host
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ def run_chains(
     vectorize: bool | None = None,
     replicate: Callable[[], ParamLossFn] | None = None,
     workers: int | None = None,
+    measures: list | None = None,
 ) -> ChainResult:
     """Sample cfg.chains SGLD chains from w* = params0 and record every tracked sample's loss at every draw.
 
@@ -59,13 +61,17 @@ def run_chains(
     batch losses and traces stay float32; the loss_fn decides what autocast may touch). replicate() -> an
     independent loss_fn (its own model replica) lets looped chains run on `workers` CPU threads (None: as many
     as torch's intra-op threads, at most one per chain); chain c always runs on worker c mod W.
+    measures: per tracked set, None (its losses) or what loss_fn(params, x, y, measure=m) records instead (an
+    observable's values, `observables.tracking`); loss_fn and its replicas must then take that keyword.
     Raises NonFiniteError naming the first chain/draw at which a batch or tracked loss is NaN/Inf.
     """
     t_start = time.perf_counter()
     if workers is not None and workers > 1 and replicate is None:
         raise ValueError("workers > 1 needs replicate: one model replica per worker thread")
     flat = FlatParams(params0, cfg.precision)
-    sets = probe_tracked(loss_fn, flat, tracked, eval_batch_size)
+    measures = measures if measures is not None else [None] * len(tracked)
+    widths = [getattr(m, "chunk_values", None) for m in measures]  # values per sample that scale activations
+    sets = probe_tracked([_measuring(loss_fn, m) for m in measures], flat, tracked, eval_batch_size, widths)
     eval_flops = max((s.flops * s.chunk for s in sets), default=0)  # one evaluation call, per chain
     batch = step_samples(cfg.batch_size, train[0].shape[0])  # samples in one step's minibatch
     step_vec, eval_vec, n_workers = vmap_or_loop(
@@ -75,7 +81,11 @@ def run_chains(
         replicas = [replicate() for _ in range(n_workers - 1)]  # one model per extra worker thread
         chains = start_chains(flat, [loss_fn, *replicas], train, cfg, seed=seed, vectorize=step_vec, workers=pool,
                               eval_batch_size=eval_batch_size)  # fmt: skip
-        evaluate = TrackedEvaluation(sets, chains.losses, cfg.chains, eval_vec, pool)
+        set_fns = [
+            chains.losses if m is None else [flat.loss_fns(_measuring(f, m))[0] for f in [loss_fn, *replicas]]
+            for m in measures
+        ]  # per set, per worker
+        evaluate = TrackedEvaluation(sets, set_fns, cfg.chains, eval_vec, pool)
         buffers = DrawBuffers(cfg.chains, cfg.draws, [s.shape for s in sets], flat.dtype, flat.device)
         clock = Progress(progress, cfg.total_steps)
         for _ in range(cfg.burn_in):
@@ -93,3 +103,8 @@ def run_chains(
                 raise NonFiniteError(bad[0], block.start + bad[1])
             buffers.keep(block)
     return ChainResult(buffers.traces, buffers.batch_losses, chains.init_loss, time.perf_counter() - t_start)
+
+
+def _measuring(loss_fn: ParamLossFn, measure) -> ParamLossFn:
+    """loss_fn, or the function recording a set's observables instead of its losses."""
+    return loss_fn if measure is None else functools.partial(loss_fn, measure=measure)

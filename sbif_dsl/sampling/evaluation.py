@@ -63,26 +63,43 @@ class TrackedSet:
 
 
 def probe_tracked(
-    loss_fn: ParamLossFn, flat: FlatParams, tracked: list[tuple[Tensor, Tensor]], eval_batch_size: int
+    loss_fns: list[ParamLossFn],
+    flat: FlatParams,
+    tracked: list[tuple[Tensor, Tensor]],
+    eval_batch_size: int,
+    chunk_values: list[int | None] | None = None,
 ) -> list[TrackedSet]:
-    """One probe sample per set at w*: the loss shape to allocate, the chunk size, the FLOPs to decide vmap-or-loop."""
+    """One probe sample per set at w* (loss_fns: one per set): the shape to allocate, the chunk size, the FLOPs to
+    decide vmap-or-loop. chunk_values: per set, the values per sample that scale its activations when that is not
+    its recorded width (several observables of one forward pass; None: the width)."""
     p0 = flat.unflatten(flat.w0)
     sets = []
-    for x, y in tracked:
+    for k, (loss_fn, (x, y)) in enumerate(zip(loss_fns, tracked, strict=True)):
         out, flops = forward_flops(loss_fn, p0, x[:1], y[:1])
         tail = tuple(out.shape[1:])
-        chunk = max(1, min(eval_batch_size, _EVAL_ELEMENTS // max(1, math.prod(tail))))
+        values = (chunk_values[k] if chunk_values else None) or math.prod(tail)
+        chunk = max(1, min(eval_batch_size, _EVAL_ELEMENTS // max(1, values)))
         sets.append(TrackedSet(x, y, tail, chunk, flops))
     return sets
 
 
 class TrackedEvaluation:
-    """Every tracked sample's loss at the chains' current weights, written into a draw of a block of the traces."""
+    """Every tracked sample's values at the chains' current weights, written into a draw of a block of the traces.
+
+    set_fns: per set, one function of flat weights per worker thread (a set's losses, or its observables' values
+    computed in one forward pass: `observables.tracking`)."""
 
     def __init__(
-        self, sets: list[TrackedSet], loss_fns: list[LossesFn], chains: int, vectorize: bool, workers: Workers | None
+        self,
+        sets: list[TrackedSet],
+        set_fns: list[list[LossesFn]],
+        chains: int,
+        vectorize: bool,
+        workers: Workers | None,
     ):
-        self.losses = OverChains(loss_fns[0], (0, None, None), chains, vectorize, loop_fns=loss_fns, workers=workers)
+        self.calls = [
+            OverChains(f[0], (0, None, None), chains, vectorize, loop_fns=f, workers=workers) for f in set_fns
+        ]
         self.slices = []  # per set: (start, inputs, targets) of each call
         for s in sets:
             k = max(1, s.chunk // chains) if vectorize else s.chunk  # one vmapped call covers all chains
@@ -91,6 +108,6 @@ class TrackedEvaluation:
     @torch.no_grad()
     def __call__(self, w: Tensor, traces: list[Tensor], j: int) -> None:
         """Losses at w (chains, n_params) into draw j of each set's (chains, draws, n[, T]) block."""
-        for buf, slices in zip(traces, self.slices, strict=True):
+        for buf, call, slices in zip(traces, self.calls, self.slices, strict=True):
             for i, xs, ys in slices:
-                self.losses(w, xs, ys, out=buf[:, j, i : i + xs.shape[0]])  # (chains, b[, T])
+                call(w, xs, ys, out=buf[:, j, i : i + xs.shape[0]])  # (chains, b[, T])

@@ -522,10 +522,11 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
     for i, o in enumerate(study.observables):
         if obs_names.count(o.name) > 1:
             problems.append((("observables", i, "name"), f"duplicate observable name {o.name!r}"))
-        if data_sets is not None and o.data not in data_sets:
+        if data_sets is not None and o.data is not None and o.data not in data_sets:
             problems.append(
                 (("observables", i, "data"), f"no data set {o.data!r}; available: {_listing(sorted(data_sets))}")
             )
+    kind_of = {o.name: o.kind for o in study.observables}
     names = [analysis_name(a) for a in study.analyses]
     unnamed = [_unnamed(a) for a in study.analyses]
     from ..stages.kinds import ANALYSIS
@@ -542,6 +543,14 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
             if value is not None and value not in obs_names:
                 problems.append(
                     (("analyses", i, field_name), f"no observable {value!r}; declared: {_listing(obs_names)}")
+                )
+            elif value is not None and field_name not in kind.any_observable and kind_of[value] != "loss":
+                problems.append(
+                    (
+                        ("analyses", i, field_name),
+                        f"{a.kind}.{field_name} reads losses; observable {value!r} is kind {kind_of[value]!r} "
+                        "(hint: a bif's target may be any observable)",
+                    )
                 )
         if kind.problems is not None:
             problems.extend(kind.problems(study, i, a))

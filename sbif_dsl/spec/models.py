@@ -469,15 +469,20 @@ class TokenClasses(Base):
 # ----------------------------------------------------------------------------- sampling and analyses
 
 
-class Observable(Base):
-    """A sample set whose per-sample losses are recorded at every SGLD draw."""
+def _default_loss_kind(v: Any) -> Any:
+    """An observable without `kind:` is a loss observable (every spec from before observable kinds)."""
+    return {**v, "kind": "loss"} if isinstance(v, dict) and "kind" not in v else v
 
-    KEYED = ("name", "data")
 
-    name: str = Field(pattern=NAME_PATTERN, max_length=MAX_NAME, description="Name used by analyses and in SQL.")
-    data: str = Field(
-        default="train", max_length=MAX_NAME, description="'train' or the name of a query set of the data."
-    )
+# The observable kinds' spec models live with their kinds (sbif_dsl/observables/<kind>.py), listed once in kinds.py.
+from ..observables.kinds import OBSERVABLES  # noqa: E402
+from ..observables.loss import LossObservable  # noqa: E402
+
+Observable = Annotated[
+    Union[tuple(k.spec for k in OBSERVABLES)],  # noqa: UP007
+    Field(discriminator="kind"),
+    BeforeValidator(_default_loss_kind),
+]
 
 
 class Sampler(Base):
@@ -735,10 +740,11 @@ class Study(Base):
     training: Training | None = Field(default=None, description="Train in-spec (or give `checkpoints`).")
     checkpoints: LoadedCheckpoints | None = Field(default=None, description="Load checkpoints from files.")
     observables: list[Observable] = Field(
-        default_factory=lambda: [Observable(name="train", data="train")],
+        default_factory=lambda: [LossObservable(name="train", data="train")],
         min_length=1,
         max_length=256,
-        description="Sample sets tracked at every draw.",
+        description="What is recorded at every draw: losses of sample sets (the default kind), functions of "
+        "their outputs, induction scores, user hooks.",
     )
     sampler: Sampler = Field(default_factory=Sampler, description="SGLD settings.")
     analyses: list[Analysis] = Field(

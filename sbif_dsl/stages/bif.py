@@ -22,8 +22,13 @@ class BifAnalysis(Base):
     name: str | None = Field(
         default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL (default 'bif')."
     )
-    source: str = Field(default="train", max_length=128, description="Observable whose samples exert influence.")
-    target: str | None = Field(default=None, max_length=128, description="Observable influenced (default: source).")
+    source: str = Field(default="train", max_length=128, description="Loss observable whose samples exert influence.")
+    target: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Observable influenced (default: source), of any kind: per-sample observables give a "
+        "source x target matrix, scalar ones (reduce: mean, induction_score) a vector over the sources.",
+    )
     normalize: Literal["none", "pearson"] = Field(
         default="pearson", description="Which value fills the `value` column: -Cov (none) or -Corr (pearson)."
     )
@@ -112,6 +117,7 @@ KIND = AnalysisKind(
     spec=BifAnalysis,
     attach="sample",
     references=("source", "target"),
+    any_observable=("target",),  # BIF(z_i, φ) = −Cov(l_i, φ): the sources are losses, the target any observable
     tables=(Table("r_bif", PAIR_COLUMNS + ", value DOUBLE"),),
     views=(
         View(

@@ -74,6 +74,7 @@ class AnalysisKind(Kind):
     spec: Any = None
     attach: Attach = "sample"
     references: tuple[str, ...] = ()  # spec fields that name an observable (checked by the loader)
+    any_observable: tuple[str, ...] = ()  # references that may name any observable kind (the others: losses only)
     classes: bool = False  # reads the token-classes stage's masks
     params: Callable[..., dict] | None = None  # (rt, analysis) -> derived keyed params (e.g. an observable's set)
     build: Callable[..., list] | None = None  # attach "study": (rt, analysis, index, PlanSoFar) -> [Stage]

@@ -23,6 +23,7 @@ from . import (
     load,
     loo,
     loss_kernel,
+    observable_summary,
     sample,
     token_bif,
     tokens,
@@ -42,6 +43,7 @@ ANALYSES: list[AnalysisKind] = [
     lds.KIND,
     cumulative_bif.KIND,
     agreement.KIND,
+    observable_summary.KIND,
 ]
 
 KINDS: list[Kind] = [

@@ -1,4 +1,5 @@
-"""Sample stage: SGLD chains around one checkpoint, recording every tracked sample's loss at every draw.
+"""Sample stage: SGLD chains around one checkpoint, recording every observable at every draw (`observables/`: a
+sample set's losses, functions of its outputs in the same forward pass, induction scores, user hooks).
 
 Traces are stored as one Parquet artifact (long format, read by the `loss_traces` view and by every analysis over
 draws, through `stages/traces.py`); the minibatch losses feed the LLC. The spec's sampler block is converted once,
@@ -43,12 +44,14 @@ def sampling_params(rt, checkpoint: Stage, cfg: dict) -> dict:
 
 
 def build(rt, checkpoint: Stage, dataset_key: str) -> Stage:
+    from ..observables.kinds import observable_key
+
     return Stage(
         kind="sample",
         version=KIND.version,
         params={
             **sampling_params(rt, checkpoint, sampler_config(rt)),
-            "observables": [o.key_params() for o in rt.study.observables],
+            "observables": [observable_key(rt, o) for o in rt.study.observables],
         },
         inputs=(checkpoint.key, dataset_key),
         meta=StageMeta(step=checkpoint.step, parent=checkpoint.key, label=f"sample at step {checkpoint.step}"),
@@ -101,6 +104,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     import torch
 
     from ..errors import NonFiniteError
+    from ..observables import tracking
     from ..sampling import SGLDConfig, run_chains
 
     p = stage.params
@@ -109,29 +113,32 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     params0 = {k: v.detach() for k, v in module.named_parameters()}
     sets = rt.dataset.sets()
     train = (rt.on_device(sets["train"].inputs), rt.on_device(sets["train"].targets))
-    observables = p["observables"]
-    tracked = [(rt.on_device(sets[o["data"]].inputs), rt.on_device(sets[o["data"]].targets)) for o in observables]
+    specs = [tracking.spec_of(o) for o in p["observables"]]
+    batches = tracking.plan(rt, module, specs, sets)  # each observable's contract checked at w*
     cfg = SGLDConfig(**p["sampler"])
     try:
         res = run_chains(
-            rt.loss_fn(module), params0, train, tracked, cfg,
+            rt.loss_fn(module), params0, train, [(b.x, b.y) for b in batches], cfg,
             seed=p["seed"], progress=progress, replicate=rt.loss_fn_replica(module),
+            measures=[b.measure for b in batches],
         )  # fmt: skip
     except NonFiniteError as e:
         raise NonFiniteError(e.chain, e.draw, context=f"checkpoint step {stage.step}") from None
 
-    traces = {o["name"]: t.numpy() for o, t in zip(observables, res.traces)}
+    values = tracking.split(batches, res.traces)
+    traces = {s.name: values[s.name].numpy() for s in specs}
     summary = {"init_loss": res.init_loss, "nbeta": cfg.nbeta, "shapes": {k: list(v.shape) for k, v in traces.items()}}
     _write_traces(out_dir / "traces.parquet", traces)
     (out_dir / "summary.json").write_text(json.dumps(summary))
     bl = res.batch_losses.to(torch.float64).numpy()  # (chains, draws)
     np.save(out_dir / "batch_losses.npy", bl)
 
+    parts = {part.name: part for b in batches for part in b.parts}
     tracked_rows: dict[str, list] = {"observable": [], "data_set": [], "sample_idx": [], "sample_name": []}
-    for o in observables:
-        names = sets[o["data"]].names
-        tracked_rows["observable"] += [o["name"]] * len(names)
-        tracked_rows["data_set"] += [o["data"]] * len(names)
+    for s in specs:
+        names = parts[s.name].names
+        tracked_rows["observable"] += [s.name] * len(names)
+        tracked_rows["data_set"] += [s.data] * len(names)
         tracked_rows["sample_idx"] += list(range(len(names)))
         tracked_rows["sample_name"] += list(names)
     chain, draw = np.indices(bl.shape)

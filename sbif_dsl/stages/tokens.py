@@ -75,7 +75,7 @@ def build(rt, dataset_key: str) -> Stage:
         for n, r in spec.rules.items()
         if r.kind == "python"
     }
-    data_sets = sorted({o.data for o in rt.study.observables if is_token_set(rt, o.data)})
+    data_sets = sorted({o.data for o in rt.study.observables if o.data is not None and is_token_set(rt, o.data)})
     return Stage(
         kind="token_classes",
         version=KIND.version,
