@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sbif_dsl.influence import bif_matrices, class_bif, loss_kernel
+from sbif_dsl.influence import bif_matrices, class_bif, class_bif_cross, loss_kernel
 
 
 def _traces(chains=3, draws=50, n=7, seed=0):
@@ -52,6 +52,32 @@ def test_class_bif_equals_block_means_of_token_matrix():
                 block = masks[a][:, None] & masks[b][None, :]
                 assert torch.allclose(cls_cov[a, b], neg_cov[block].mean(), atol=1e-12)
                 assert torch.allclose(cls_corr[a, b], neg_corr[block].mean(), atol=1e-12)
+
+
+def test_class_bif_cross_equals_block_means_of_the_source_target_matrix():
+    """Source token classes against a second trace (a per-token observable with its own classes, or a scalar)."""
+    t = _traces(n=40, seed=3)
+    phi = _traces(n=12, seed=4) + 0.5 * t[..., :12]  # correlated with some source tokens
+    phi[..., 2] = 1.0  # a constant target token
+    g = torch.Generator().manual_seed(5)
+    masks, target_masks = torch.rand(4, 40, generator=g) < 0.35, torch.rand(3, 12, generator=g) < 0.5
+    neg_cov, neg_corr = bif_matrices(t, phi)  # (40, 12) brute force
+    for chunk in (5, 1 << 16):
+        cov, corr = class_bif_cross(t, masks, phi, target_masks, chunk=chunk)
+        assert cov.shape == corr.shape == (4, 3)
+        for a in range(4):
+            for b in range(3):
+                block = masks[a][:, None] & target_masks[b][None, :]
+                assert torch.allclose(cov[a, b], neg_cov[block].mean(), atol=1e-12)
+                assert torch.allclose(corr[a, b], neg_corr[block].mean(), atol=1e-12)
+    scalar = phi[..., :1]
+    cov, corr = class_bif_cross(t, masks, scalar, torch.ones(1, 1, dtype=torch.bool))
+    neg_cov, neg_corr = bif_matrices(t, scalar)
+    for a in range(4):
+        assert torch.allclose(cov[a, 0], neg_cov[masks[a], 0].mean(), atol=1e-12)
+        assert torch.allclose(corr[a, 0], neg_corr[masks[a], 0].mean(), atol=1e-12)
+    same = class_bif(t, masks)
+    assert all(torch.equal(x, y) for x, y in zip(same, class_bif_cross(t, masks, t, masks), strict=True))
 
 
 class _LargestTensor:

@@ -206,6 +206,9 @@ LM_SPEC = """\
       - {kind: bif, name: on_ind, source: sources, target: ind}
       - {kind: induction_score, n_seqs: 4}
       - {kind: observable_summary}
+      - {kind: class_bif, name: classes_on_prob, observable: query, target: prob}
+      - {kind: class_bif, name: classes_on_ind, observable: query, target: ind}
+      - {kind: class_bif, observable: query}
     """
 
 
@@ -246,6 +249,19 @@ def test_output_and_induction_observables_of_a_language_model(tmp_path, cache_pa
         if obs == "ind":  # max over heads, as the analysis: the draws stay near w* at this ε
             assert abs(mean - scores[step]) < 0.05 * scores[step], (step, mean, scores[step])
 
+    # class-level source aggregation for token observables: source token classes x the target's token classes
+    # (a per-token observable of the same set) or x one class named after a scalar observable
+    cls = con.sql(
+        "SELECT analysis, target_observable, count(DISTINCT source_class) AS s, count(DISTINCT target_class) AS t,"
+        " count(*) AS n, list(DISTINCT target_class) AS names, max(abs(bif_corr)) AS m, count(bif_corr_se) AS se"
+        " FROM class_bif WHERE step = 30 GROUP BY ALL ORDER BY analysis"
+    ).rows()
+    (own, on_ind, on_prob) = cls
+    assert own[:2] == ("class_bif", "query") and own[3] == own[2] and own[4] == own[2] ** 2
+    assert on_prob[:2] == ("classes_on_prob", "prob") and on_prob[2:5] == own[2:5] and on_prob[6] <= 1
+    assert on_ind[:2] == ("classes_on_ind", "ind") and on_ind[3:6] == (1, own[2], ["ind"]) and on_ind[6] <= 1
+    assert all(r[7] == r[4] for r in cls)  # every value has its jackknife standard error
+
     summary = con.sql(
         "SELECT s.step, s.observable, s.n_items, s.mean, s.mean_se, s.sd, a.m FROM observable_summary s JOIN"
         " (SELECT step, observable, avg(loss) AS m FROM loss_traces GROUP BY ALL) a USING (step, observable)"
@@ -254,6 +270,9 @@ def test_output_and_induction_observables_of_a_language_model(tmp_path, cache_pa
     for step, obs, n_items, mean, se, sd, direct in summary.rows():
         assert abs(mean - direct) < 1e-6 * max(1.0, abs(direct)) and se >= 0 and sd > 0, (step, obs)
         assert (n_items == 1) == (obs in ("acc", "ind", "ind10")), obs
+    other_set = LM_SPEC.replace("observable: query, target: prob}", "observable: query, target: sources}")
+    proc = sbif("validate", str(write_spec(tmp_path, other_set, name="other.yaml")), check=False)
+    assert proc.returncode == 2 and "class_bif target 'sources' tracks data set 'train'" in proc.stderr, proc.stderr
 
 
 def test_the_induction_observables_spec_shares_the_checkpoints_of_induction_lm():

@@ -41,20 +41,14 @@ def loss_kernel(traces: Tensor) -> tuple[Tensor, Tensor]:
     return _cov_corr(pooled, pooled)
 
 
-def class_bif(traces: Tensor, masks: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
-    """Class × class BIF in memory linear in tokens: the block means of the token × token -Cov and -Corr.
-
-    mean_{a∈A,b∈B} Corr(l_a, l_b) = Cov(Σ_a z_a, Σ_b z_b) / (|A|·|B|)   (SCIENCE.md §1), z = standardized trace.
-    traces: (chains, draws, tokens); masks: (classes, tokens) bool. Returns (classes, classes) float64 matrices.
-    Tokens are standardized in chunks, so the extra memory is O(draws · (classes + chunk)); tokens with zero
-    variance contribute 0 to the correlation sums (their Corr is defined as 0).
-    """
-    c, d = traces.shape[:2]
-    x = traces.reshape(c * d, -1)  # (N, tokens), a view
+def _class_sums(x: Tensor, masks: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-class sums of the centered and of the standardized traces, (classes, N) each, and the class sizes.
+    x: (N, tokens) pooled draws; masks: (classes, tokens). Tokens are standardized in chunks (memory
+    O(draws · (classes + chunk))); a token with zero variance has z = 0 (its Corr is defined as 0)."""
     n_draws, n_tokens = x.shape
     k = masks.shape[0]
-    sum_c = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)  # per-class sums of centered traces
-    sum_z = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)  # per-class sums of standardized traces
+    sum_c = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)
+    sum_z = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)
     for s in range(0, n_tokens, chunk):
         xb = x[:, s : s + chunk].to(torch.float64)  # (N, b)
         xc = xb - xb.mean(dim=0, keepdim=True)  # (N, b)
@@ -64,5 +58,29 @@ def class_bif(traces: Tensor, masks: Tensor, chunk: int = 1 << 16) -> tuple[Tens
         sum_c += m @ xc.T
         sum_z += m @ z.T
     sizes = masks.sum(dim=1).to(device=x.device, dtype=torch.float64).clamp_min(1)  # (classes,)
-    norm = sizes[:, None] * sizes[None, :] * (n_draws - 1)
-    return -(sum_c @ sum_c.T) / norm, -(sum_z @ sum_z.T) / norm
+    return sum_c, sum_z, sizes
+
+
+def class_bif(traces: Tensor, masks: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
+    """Class × class BIF in memory linear in tokens: the block means of the token × token -Cov and -Corr.
+
+    mean_{a∈A,b∈B} Corr(l_a, l_b) = Cov(Σ_a z_a, Σ_b z_b) / (|A|·|B|)   (SCIENCE.md §1), z = standardized trace.
+    traces: (chains, draws, tokens); masks: (classes, tokens) bool. Returns (classes, classes) float64 matrices.
+    """
+    return class_bif_cross(traces, masks, traces, masks, chunk)
+
+
+def class_bif_cross(
+    source: Tensor, source_masks: Tensor, target: Tensor, target_masks: Tensor, chunk: int = 1 << 16
+) -> tuple[Tensor, Tensor]:
+    """Source class × target class BIF between two traces over the same draws (e.g. training-token losses and a
+    per-token or scalar observable φ): the block means of −Cov(l_a, φ_b) and −Corr(l_a, φ_b), linear in tokens.
+
+    source: (chains, draws, tokens) with source_masks (classes, tokens); target: (chains, draws, items) with
+    target_masks (target classes, items). Returns (classes, target classes) float64 matrices."""
+    c, d = source.shape[:2]
+    cs, zs, ns = _class_sums(source.reshape(c * d, -1), source_masks, chunk)
+    same = target is source and target_masks is source_masks
+    ct, zt, nt = (cs, zs, ns) if same else _class_sums(target.reshape(c * d, -1), target_masks, chunk)
+    norm = ns[:, None] * nt[None, :] * (c * d - 1)
+    return -(cs @ ct.T) / norm, -(zs @ zt.T) / norm

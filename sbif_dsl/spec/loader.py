@@ -549,7 +549,7 @@ def reference_problems(study: Study, data_sets: set[str] | None) -> list[tuple[P
                     (
                         ("analyses", i, field_name),
                         f"{a.kind}.{field_name} reads losses; observable {value!r} is kind {kind_of[value]!r} "
-                        "(hint: a bif's target may be any observable)",
+                        "(hint: the target of a bif or a class_bif may be any observable)",
                     )
                 )
         if kind.problems is not None:

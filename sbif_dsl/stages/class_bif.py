@@ -14,13 +14,22 @@ from .traces import estimate_rows, read_traces
 
 
 class ClassBifAnalysis(Base):
-    """Token-level BIF aggregated to class × class in memory linear in tokens (SCIENCE.md §1)."""
+    """Token-level BIF aggregated to class × class in memory linear in tokens (SCIENCE.md §1); with `target`, the
+    sources' token classes against another observable φ: −Cov(l_a, φ_b) block means, per target token class when
+    φ is per token on the same set, else against φ as a whole (one target class named after it)."""
 
     KEYED = ("observable",)
+    KEYED_IF_SET = ("target",)
 
     kind: Literal["class_bif"] = Field(description="Class × class token influence.")
     name: str | None = Field(default=None, pattern=NAME_PATTERN, max_length=128, description="Name in SQL.")
     observable: str = Field(default="query", max_length=128, description="Observable with per-token losses.")
+    target: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Observable the source classes influence (any kind: e.g. a per-token target_prob of the same "
+        "set, or an induction_score); default: the source observable's own losses.",
+    )
 
 
 def token_set_params(rt, analysis) -> dict:
@@ -32,33 +41,80 @@ def token_set_params(rt, analysis) -> dict:
 
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
     import numpy as np
+    import torch
 
-    from ..influence import class_bif
+    from ..influence import class_bif, class_bif_cross
     from ..influence.uncertainty import jackknife
     from .tokens import read_masks
 
     observable = stage.params["observable"]
-    trace = read_traces(inputs, stage.inputs[0])[observable]  # (chains, draws, n, T-1)
+    traces = read_traces(inputs, stage.inputs[0])
+    trace = traces[observable]  # (chains, draws, n, T-1)
     names, masks = read_masks(inputs, stage.inputs[1], stage.params["data_set"])  # (classes, n, T-1)
     flat_masks = masks.reshape(len(names), -1)  # (classes, tokens)
-    (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
-        lambda t: class_bif(t.reshape(t.shape[0], t.shape[1], -1), flat_masks), trace
-    )  # (classes, classes) each
-    sizes = masks.reshape(len(names), -1).sum(dim=1).tolist()
-    i, j = (x.ravel() for x in np.indices((len(names), len(names))))
+    target = stage.params.get("target") or observable
+    if target == observable:
+        target_names, target_masks = names, flat_masks
+        (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
+            lambda t: class_bif(t.reshape(t.shape[0], t.shape[1], -1), flat_masks), trace
+        )  # (classes, classes) each
+    else:
+        phi = traces[target]
+        target_names, target_masks = target_classes(target, phi.shape[2:], trace.shape[2:], names, flat_masks)
+        c, d = trace.shape[:2]
+        both = torch.cat([trace.reshape(c, d, -1), phi.reshape(c, d, -1)], dim=2)  # one jackknife over chains
+        split = flat_masks.shape[1]
+        (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
+            lambda t: class_bif_cross(t[:, :, :split], flat_masks, t[:, :, split:], target_masks), both
+        )  # (classes, target classes) each
+    sizes = flat_masks.sum(dim=1).tolist()
+    target_sizes = target_masks.sum(dim=1).tolist()
+    i, j = (x.ravel() for x in np.indices((len(names), len(target_names))))
     return StageOutput(
         tables={
             "r_class_bif": {
                 "observable": [observable] * i.size,
+                "target_observable": [target] * i.size,
                 "source_class": [names[k] for k in i],
-                "target_class": [names[k] for k in j],
+                "target_class": [target_names[k] for k in j],
                 **estimate_rows("bif_cov", neg_cov, cov_se, df),
                 **estimate_rows("bif_corr", neg_corr, corr_se, df),
                 "n_source": [sizes[k] for k in i],
-                "n_target": [sizes[k] for k in j],
+                "n_target": [int(target_sizes[k]) for k in j],
             }
         }
     )
+
+
+def target_classes(target: str, shape, source_shape, names: list[str], masks):
+    """The target's classes: the source's token classes when φ is per token on the same set (same shape), else one
+    class, φ as a whole (its items averaged), named after the observable."""
+    import torch
+
+    if tuple(shape) == tuple(source_shape):
+        return names, masks
+    n_items = int(torch.tensor(shape).prod()) if len(shape) else 1
+    return [target], torch.ones(1, n_items, dtype=torch.bool)
+
+
+def target_problems(study, index: int, analysis) -> list:
+    """A per-token target must track the source observable's set (its tokens are classed by the same masks)."""
+    if analysis.target is None:
+        return []
+    by_name = {o.name: o for o in study.observables}
+    source, target = by_name.get(analysis.observable), by_name.get(analysis.target)
+    if source is None or target is None:
+        return []  # the reference check reports it
+    data = getattr(target, "data", None)  # None: not an observable of a data set (e.g. an induction score)
+    if data is not None and getattr(target, "reduce", "per_sample") == "per_sample" and data != source.data:
+        return [
+            (
+                ("analyses", index, "target"),
+                f"class_bif target {target.name!r} tracks data set {target.data!r}, the source observable "
+                f"{source.name!r} tracks {source.data!r}: a per-token target needs the same set (or reduce: mean)",
+            )
+        ]
+    return []
 
 
 KIND = AnalysisKind(
@@ -68,14 +124,17 @@ KIND = AnalysisKind(
     run="sbif_dsl.stages.class_bif:run",
     spec=ClassBifAnalysis,
     attach="sample",
-    references=("observable",),
+    references=("observable", "target"),
+    any_observable=("target",),
+    problems=target_problems,
     classes=True,
     params=token_set_params,
     tables=(
         Table(
             "r_class_bif",
             "observable VARCHAR, source_class VARCHAR, target_class VARCHAR, n_source BIGINT, n_target BIGINT, "
-            + estimate_columns("bif_cov", "bif_corr"),
+            + estimate_columns("bif_cov", "bif_corr")
+            + ", target_observable VARCHAR",
         ),
     ),
     views=(
@@ -84,10 +143,11 @@ KIND = AnalysisKind(
             """
         SELECT ss.study, sr.step, ss.analysis, b.observable, b.source_class, b.target_class, b.bif_cov, b.bif_corr,
                b.n_source, b.n_target, b.bif_cov_se, b.bif_cov_lo, b.bif_cov_hi, b.bif_corr_se, b.bif_corr_lo,
-               b.bif_corr_hi
+               b.bif_corr_hi, coalesce(b.target_observable, b.observable) AS target_observable
         FROM {scope} JOIN r_class_bif b ON b.key = sr.key""",
             "class x class token influence per checkpoint: bif_cov = -Cov, bif_corr = -Corr (block means), with _se "
-            "and 95% intervals _lo.._hi",
+            "and 95% intervals _lo.._hi; target_observable: what the source classes influence (the source "
+            "observable itself, or a class_bif `target`: its token classes, or one class named after it)",
         ),
     ),
 )
