@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+import traceback
 from pathlib import Path
 
 import pytest
@@ -55,6 +57,27 @@ analyses:
 """
 
 
+DEMO_SPEC = REPO / "specs" / "toy_hierarchy.yaml"
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory) -> Path:
+    """The demo study (specs/toy_hierarchy.yaml as shipped), run once per session: read it, or `copy_cache` it."""
+    cache = tmp_path_factory.mktemp("demo") / "sbif.duckdb"
+    sbif("run", str(DEMO_SPEC), "-q", cache=cache)
+    return cache
+
+
+def copy_cache(src: Path, dest: Path) -> Path:
+    """A writable copy of a closed cache (its DuckDB file and its objects folder) at dest (a .duckdb path)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dest)
+    if Path(f"{src}.wal").exists():
+        shutil.copy2(f"{src}.wal", f"{dest}.wal")
+    shutil.copytree(src.with_suffix(".objects"), dest.with_suffix(".objects"))
+    return dest
+
+
 def write_spec(tmp_path: Path, text: str = TINY_SPEC, name: str = "spec.yaml") -> Path:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
@@ -71,14 +94,58 @@ def cache_path(tmp_path) -> Path:
     return tmp_path / "cache" / "sbif.duckdb"
 
 
-def sbif(*args: str, cache: Path | None = None, check: bool = True, cwd: Path | None = None, env: dict | None = None):
-    """Run the real CLI in a subprocess (what a user runs)."""
-    full_env = {**os.environ, **(env or {})}
+class CliResult:
+    """What a finished `sbif` call returns, in-process or not: the fields of subprocess.CompletedProcess tests read."""
+
+    def __init__(self, args: list[str], returncode: int, stdout: str, stderr: str):
+        self.args, self.returncode, self.stdout, self.stderr = args, returncode, stdout, stderr
+
+
+def _in_process(args: list[str], env: dict[str, str], cwd: Path) -> CliResult:
+    """The real click command, run in this process by click's own test runner (no torch import per call).
+
+    Anything the CLI lets escape (a bug: it must map every error to a line) is printed as the traceback a user
+    would see, so tests asserting "no traceback" keep their teeth."""
+    from click.testing import CliRunner
+
+    from sbif_dsl.cli import main
+
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        result = CliRunner().invoke(main, args, env=env, catch_exceptions=True)
+    finally:
+        os.chdir(old)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(result.exception))
+    return CliResult(["sbif", *args], result.exit_code, result.stdout, stderr)
+
+
+def sbif(
+    *args: str,
+    cache: Path | None = None,
+    check: bool = True,
+    cwd: Path | None = None,
+    env: dict | None = None,
+    subprocess_: bool = False,
+):
+    """Run the real CLI (what a user runs): in this process by default, in a fresh `python -m sbif_dsl.cli` when
+    `subprocess_` (a test of process-level behaviour: imports, signals, a clean interpreter) or SBIF_TEST_SUBPROCESS=1
+    (the whole suite through real processes)."""
+    extra = {**(env or {})}
     if cache is not None:
-        full_env["SBIF_CACHE"] = str(cache)
-    proc = subprocess.run(
-        [sys.executable, "-m", "sbif_dsl.cli", *args], capture_output=True, text=True, cwd=cwd or REPO, env=full_env
-    )
+        extra["SBIF_CACHE"] = str(cache)
+    if subprocess_ or os.environ.get("SBIF_TEST_SUBPROCESS"):
+        proc = subprocess.run(
+            [sys.executable, "-m", "sbif_dsl.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=cwd or REPO,
+            env={**os.environ, **extra},
+        )
+    else:
+        proc = _in_process(list(args), extra, Path(cwd or REPO))
     if check and proc.returncode != 0:
         raise AssertionError(f"sbif {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -13,7 +13,7 @@ import pytest
 
 import sbif_dsl as sb
 
-from .conftest import REPO, TINY_SPEC, write_spec
+from .conftest import REPO, TINY_SPEC, copy_cache, write_spec
 
 
 def test_load_plan_run_sql_report(tmp_path, cache_path):
@@ -56,11 +56,15 @@ def test_errors_are_typed_with_file_line_and_field(tmp_path, cache_path):
         sb.connect(cache_path).sql("SELECT * FROM no_such_view")
 
 
-def test_the_documented_notebook_example_runs_as_written(tmp_path):
-    """docs/python_api.md's example, in a fresh interpreter, in a copy of the repo's specs/ folder."""
+@pytest.mark.xdist_group("demo")
+def test_the_documented_notebook_example_runs_as_written(tmp_path, demo_cache):
+    """docs/python_api.md's example, in a fresh interpreter, in a copy of the repo's specs/ folder, over a copy of
+    the session's demo run (the run itself is tested by test_validation_toy; here every line of the example runs,
+    its `study.run()` answering from the cache)."""
     text = (REPO / "docs" / "python_api.md").read_text()
     code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
     shutil.copytree(REPO / "specs", tmp_path / "specs")
+    copy_cache(demo_cache, tmp_path / "cache" / "sbif.duckdb")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "dog→cat is harmful beyond its 95% interval from step" in proc.stdout

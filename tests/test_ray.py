@@ -44,6 +44,22 @@ def assert_same_cache(a, b) -> None:
         assert ca.execute(q).fetchall() == cb.execute(q).fetchall(), t
 
 
+@pytest.fixture(scope="module")
+def local_runs(tmp_path_factory):
+    """The local executor's results (the reference every Ray run must equal bitwise), each spec run once per module."""
+    done: dict[str, object] = {}
+
+    def run(text: str):
+        if text not in done:
+            folder = tmp_path_factory.mktemp("local")
+            spec, cache = write_spec(folder, text), folder / "c.duckdb"
+            sbif("run", str(spec), "--threads", "1", cache=cache)
+            done[text] = cache
+        return done[text]
+
+    return run
+
+
 def ray_provenance(cache) -> list[tuple]:
     with duckdb.connect(str(cache), read_only=True) as con:
         cols = "provenance->>'node_ip', provenance->>'node_id', provenance->>'threads'"
@@ -59,10 +75,8 @@ def committed(cache) -> int:
 
 
 @pytest.mark.parametrize("text", [TOY, LM_SPEC], ids=["toy", "lm"])
-def test_ray_results_are_bitwise_the_local_ones(tmp_path, text):
-    spec = write_spec(tmp_path, text)
-    local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
-    sbif("run", str(spec), "--threads", "1", cache=local)
+def test_ray_results_are_bitwise_the_local_ones(tmp_path, text, local_runs):
+    spec, local, ray_cache = write_spec(tmp_path, text), local_runs(text), tmp_path / "ray" / "c.duckdb"
     out = sbif_isolated("run", str(spec), "--executor", "ray", "--workers", "2", cache=ray_cache)
     assert "executor ray" in out.stdout
     assert_same_cache(local, ray_cache)
@@ -73,11 +87,9 @@ def test_ray_results_are_bitwise_the_local_ones(tmp_path, text):
     assert "nothing to compute" in again.stdout
 
 
-def test_cli_joins_a_running_cluster(tmp_path):
+def test_cli_joins_a_running_cluster(tmp_path, local_runs):
     """`sbif run --ray-address HOST:PORT` against a head started with `ray start` (token auth on, as by default)."""
-    spec = write_spec(tmp_path, TINY_SPEC)
-    local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
-    sbif("run", str(spec), "--threads", "1", cache=local)
+    spec, local, ray_cache = write_spec(tmp_path, TINY_SPEC), local_runs(TINY_SPEC), tmp_path / "ray" / "c.duckdb"
     cmd = [sys.executable, "-m", "sbif_dsl.cli", "run", str(spec), "--cache", str(ray_cache), "--executor", "ray"]
     proc = run_isolated([sys.executable, "-m", "tests.ray_head", "2", *cmd], cwd=REPO, timeout=300)
     assert proc.returncode == 0 and "executor ray" in proc.stdout, proc.stderr
@@ -85,11 +97,9 @@ def test_cli_joins_a_running_cluster(tmp_path):
     assert {ip for _, _, ip, _, _ in ray_provenance(ray_cache)} == {"127.0.0.1"}
 
 
-def test_two_node_cluster(tmp_path):
+def test_two_node_cluster(tmp_path, local_runs):
     """Stages spread over two worker nodes (the head offers no CPU); results as the local executor's."""
-    spec = write_spec(tmp_path, TOY)
-    local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
-    sbif("run", str(spec), "--threads", "1", cache=local)
+    spec, local, ray_cache = write_spec(tmp_path, TOY), local_runs(TOY), tmp_path / "ray" / "c.duckdb"
     proc = run_isolated([sys.executable, "-m", "tests.ray_two_nodes", str(spec), str(ray_cache)], cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -127,19 +137,17 @@ def _ray_workers_busy(ns: str) -> list[int]:
     return busy
 
 
-def _start_slow_ray_run(tmp_path):
+def _start_slow_ray_run(tmp_path, local_runs):
     """The slow toy run locally (the reference), then started as a Ray driver in its own namespace."""
-    spec = write_spec(tmp_path, SLOW_TOY)
-    local, ray_cache = tmp_path / "local" / "c.duckdb", tmp_path / "ray" / "c.duckdb"
-    sbif("run", str(spec), "--threads", "1", cache=local)
+    spec, local, ray_cache = write_spec(tmp_path, SLOW_TOY), local_runs(SLOW_TOY), tmp_path / "ray" / "c.duckdb"
     env = {**os.environ, "SBIF_CACHE": str(ray_cache)}
     args = [sys.executable, "-m", "sbif_dsl.cli", "run", str(spec), "--executor", "ray", "--workers", "2"]
     driver = popen_isolated(args, env=env, cwd=REPO)
     return spec, local, ray_cache, driver, namespace_of(driver.pid)
 
 
-def test_worker_killed_mid_task_is_retried(tmp_path):
-    _, local, ray_cache, driver, ns = _start_slow_ray_run(tmp_path)
+def test_worker_killed_mid_task_is_retried(tmp_path, local_runs):
+    _, local, ray_cache, driver, ns = _start_slow_ray_run(tmp_path, local_runs)
     killed, deadline, seen = None, time.time() + 120, []
     while killed is None and time.time() < deadline and driver.poll() is None:
         n = committed(ray_cache)
@@ -155,8 +163,8 @@ def test_worker_killed_mid_task_is_retried(tmp_path):
     assert_same_cache(local, ray_cache)
 
 
-def test_killed_driver_leaves_committed_stages_and_resumes(tmp_path):
-    spec, local, ray_cache, driver, ns = _start_slow_ray_run(tmp_path)
+def test_killed_driver_leaves_committed_stages_and_resumes(tmp_path, local_runs):
+    spec, local, ray_cache, driver, ns = _start_slow_ray_run(tmp_path, local_runs)
     deadline = time.time() + 120
     while committed(ray_cache) < 6 and time.time() < deadline and driver.poll() is None:
         time.sleep(0.1)

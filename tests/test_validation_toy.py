@@ -8,17 +8,9 @@ import math
 
 import pytest
 
-from .conftest import REPO, sbif
+from .conftest import sbif
 
-pytestmark = pytest.mark.slow
-SPEC = REPO / "specs" / "toy_hierarchy.yaml"
-
-
-@pytest.fixture(scope="module")
-def demo_cache(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("demo") / "sbif.duckdb"
-    sbif("run", str(SPEC), "-q", cache=cache)
-    return cache
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]  # shares the session's demo run (conftest)
 
 
 def _q(sql: str, cache) -> list[dict]:
