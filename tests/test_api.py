@@ -56,7 +56,6 @@ def test_errors_are_typed_with_file_line_and_field(tmp_path, cache_path):
         sb.connect(cache_path).sql("SELECT * FROM no_such_view")
 
 
-@pytest.mark.xdist_group("demo")
 def test_the_documented_notebook_example_runs_as_written(tmp_path, demo_cache):
     """docs/python_api.md's example, in a fresh interpreter, in a copy of the repo's specs/ folder, over a copy of
     the session's demo run (the run itself is tested by test_validation_toy; here every line of the example runs,

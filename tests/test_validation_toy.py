@@ -10,7 +10,7 @@ import pytest
 
 from .conftest import sbif
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]  # shares the session's demo run (conftest)
+pytestmark = pytest.mark.slow  # reads the session's demo run (conftest.demo_cache)
 
 
 def _q(sql: str, cache) -> list[dict]:
