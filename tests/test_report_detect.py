@@ -22,7 +22,8 @@ from sbif_dsl.report.detect import (
     peaks,
     zero_crossings,
 )
-from sbif_dsl.report.synthetic import TRANSITIONS, checkpoint_steps, demo_frames, sigmoid_up
+
+from .synthetic_views import TRANSITIONS, checkpoint_steps, demo_frames, sigmoid_up
 
 DROPS = (200, 800, 2000)
 

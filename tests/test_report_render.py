@@ -33,8 +33,9 @@ from sbif_dsl.report import (
     transitions_table,
 )
 from sbif_dsl.report.charts import step_ticks
-from sbif_dsl.report.synthetic import demo_frames
 from tests import browser
+
+from .synthetic_views import demo_frames
 
 PAIRS = [("dog", "cat"), ("dog", "sparrow"), ("dog", "lily")]
 

@@ -36,8 +36,9 @@ from sbif_dsl.report import (
     validation_section,
     zero_crossings,
 )
-from sbif_dsl.report.synthetic import demo_frames
 from tests import browser
+
+from .synthetic_views import demo_frames
 
 PAIRS = [("dog", "cat"), ("dog", "sparrow"), ("dog", "lily")]
 
