@@ -7,11 +7,11 @@ exp(−nβ·L(w) − γ/2·‖w − w*‖²) is ≈ N(w*, (nβH + γI)⁻¹), so
 
 The model: L2-regularized logistic regression (n = 200, d = 10, float64), fitted to machine precision by Newton's
 method. The sampled matrix (`run_chains` → `bif_matrices`, SEs by the delete-one-group jackknife over 16 groups of
-chains) is compared with the closed form over the 820 pairs (i ≤ j) of 40 tracked samples, from γ-dominated
-(λ = 100·λ_max(H): a gradient dot product gᵢᵀgⱼ/λ) to H-dominated (λ = 0.01·λ_max: the influence function
-with a small damping). The chains run at εa_max/2 = 0.01 for the largest curvature a_max of the posterior (the discretized
-chain's variance is inflated by ≈ 1/(1 − εa/4) ≤ 0.5%, a fifth of an entry's SE), burn in for 4 relaxation times
-of the slowest direction and draw every half relaxation time.
+chains) is compared with the closed form over the 820 pairs (i ≤ j) of 40 tracked samples, from γ-dominated (λ =
+100·λ_max(H): a gradient dot product gᵢᵀgⱼ/λ) to H-dominated (λ = 0.01·λ_max: the influence function with a small
+damping). The chains run at εa_max/2 = 0.01 for the largest curvature a_max of the posterior (the discretized
+chain's variance is inflated by ≈ 1/(1 − εa/4) ≤ 0.5%, a fifth of an entry's SE), burn in for 4 relaxation times of
+the slowest direction and draw every half relaxation time.
 
 Measured (seed 0, 256 chains × 100 draws; README "The Laplace limit"): Pearson over pairs 0.9998, the Frobenius
 error 2.0-2.3% of the closed form, median |z| 0.56-0.67 (the t₁₅ null's is 0.69) and ≤ 0.6% of entries beyond

@@ -159,6 +159,51 @@ def test_statistics_of_a_checkpoint_keep_the_trace_mixing_columns():
     assert rows[0]["rise_sd"] is None and rows[8]["rise_sd"] == pytest.approx((batch.mean() + 1) / batch.std(ddof=1))
 
 
+def test_ess_is_judged_per_chain():
+    """8 chains of an AR(1) with τ ≈ 19 over 200 draws: ~85 effective draws in all (the old all-chains screen
+    warned at < 100 too), ~11 per chain: below the per-chain failure line of 20, where the total alone passed it."""
+    x = _ar1(np.random.default_rng(3), 0.9, 8, 200)
+    rows = _rows(x)
+    total = rows[0]["ess"]
+    assert 20 < total and total / 8 < 20
+    level, reason = screens.verdict(rows)
+    assert level == "fail" and "per chain" in reason and "of 8 × 200 draws" in reason, reason
+    lenient = screens.Thresholds(ess_warn=total / 8 - 1, ess_fail=total / 8 - 2, rhat_warn=10, rhat_fail=10,
+                                 drift_warn=100, drift_fail=100)  # fmt: skip
+    assert screens.verdict(rows, lenient) == ("ok", "")
+
+
+def test_a_gradient_at_the_checkpoint_is_a_geometry_finding():
+    """nβ‖∇L(w*)‖/√γ in posterior SDs: 0.5 passes, 2 warns, 5 fails, as geometry (not convergence); chains that
+    are converged by every other screen still get the geometry hint, not 'more draws'."""
+    x = np.random.default_rng(0).normal(size=(4, 1000))
+    for norm, level in ((0.5, "ok"), (2.0, "warn"), (5.0, "fail")):
+        g = screens.Gradient(norm=norm, nbeta=10.0, gamma=100.0)  # descent_sd = norm
+        rows = screens.series_rows("minibatch", None, x, None, -10.0, g)
+        assert rows[0]["grad_sd"] == pytest.approx(norm) and rows[0]["grad_norm"] == norm
+        assert screens.verdicts(rows) == {"geometry": level, "convergence": "ok"}
+        if level != "ok":
+            assert screens.verdict(rows)[1].startswith("not a local minimum: ‖∇L(w*)‖")
+            assert screens.hint(rows) == screens.GEOMETRY_HINT
+    assert math.isnan(screens.Gradient(1.0, 10.0, 0.0).descent_sd)  # no localization: not judged
+
+
+def test_geometry_and_convergence_findings_are_reported_apart():
+    """A descending minibatch loss (geometry) and a climbing, poorly mixed tracked loss (convergence): both kinds,
+    each with its remedy."""
+    rng = np.random.default_rng(4)
+    down = rng.normal(size=(4, 400)) - np.linspace(0, 5, 400)
+    up = _ar1(rng, 0.95, 4, 400) + np.linspace(0, 20, 400)
+    rows = _rows(up) + screens.series_rows("minibatch", None, down, None, 0.0)
+    assert screens.verdicts(rows) == {"geometry": "fail", "convergence": "fail"}
+    reason = screens.verdict(rows)[1]
+    assert reason.index("not a local minimum:") < reason.index("; not converged:"), reason
+    assert (
+        screens.hint(rows) == screens.GEOMETRY_HINT + "; then chains are still equilibrating: more burn-in "
+        "(sampler.burn_in), or a smaller ε"
+    )
+
+
 # ----------------------------------------------------------------------------- the exact Gaussian posterior
 
 
@@ -222,6 +267,12 @@ def test_weak_localization_at_an_early_checkpoint_is_flagged_and_converged_check
     assert "at step 400:" in weak and "drifts up" in weak.split("at step 400:")[1], weak
     rows = _query("SELECT * FROM diagnostics WHERE chain IS NULL AND step = 10", cache)
     assert all(r["drift"] < -6 for r in rows) and {r["verdict"] for r in rows} == {"fail"}
+    assert {r["geometry"] for r in rows} == {"fail"} and rows[0]["reason"].startswith("not a local minimum: ")
+    late = _query("SELECT * FROM diagnostics WHERE chain IS NULL AND step = 400", cache)
+    assert {(r["geometry"], r["convergence"]) for r in late} == {("ok", "fail")}  # a minimum, chains still climbing
+    sql = "SELECT step, grad_sd FROM diagnostics WHERE grad_sd IS NOT NULL"
+    grad = {r["step"]: r["grad_sd"] for r in _query(sql, cache)}
+    assert grad[10] > 10 * grad[400], grad  # the plateau's gradient is what lets the chains descend
     llc = _query("SELECT llc_mean FROM llc_summary WHERE step = 10", cache)[0]["llc_mean"]
     assert llc < 0  # the LLC agrees: the sampled loss is below L(w*)
 

@@ -18,7 +18,7 @@ from ..errors import NonFiniteError
 from .batches import step_samples
 from .buffers import DrawBuffers, first_nonfinite
 from .config import SGLDConfig
-from .evaluation import TrackedEvaluation, probe_tracked
+from .evaluation import TrackedEvaluation, mean_grad_norm, probe_tracked
 from .flat import FlatParams, ParamLossFn
 from .kernel import Progress, start_chains
 from .over_chains import vmap_or_loop, worker_pool
@@ -31,6 +31,7 @@ class ChainResult:
     traces: list[Tensor]  # per tracked set: (chains, draws, n_i) or (chains, draws, n_i, T), CPU
     batch_losses: Tensor  # (chains, draws) minibatch loss of the step that made each draw, pre-step w
     init_loss: float  # mean loss over the full training set at w*
+    init_grad_norm: float  # ‖∇L(w*)‖ over the full training set (the geometry screen)
     wall_s: float
 
 
@@ -86,6 +87,7 @@ def run_chains(
             for m in measures
         ]  # per set, per worker
         evaluate = TrackedEvaluation(sets, set_fns, cfg.chains, eval_vec, pool)
+        grad_norm = mean_grad_norm(chains.losses[0], flat.w0, *train, batch)
         buffers = DrawBuffers(cfg.chains, cfg.draws, [s.shape for s in sets], flat.dtype, flat.device)
         clock = Progress(progress, cfg.total_steps)
         for _ in range(cfg.burn_in):
@@ -102,7 +104,7 @@ def run_chains(
             if bad is not None:
                 raise NonFiniteError(bad[0], block.start + bad[1])
             buffers.keep(block)
-    return ChainResult(buffers.traces, buffers.batch_losses, chains.init_loss, time.perf_counter() - t_start)
+    return ChainResult(buffers.traces, buffers.batch_losses, chains.init_loss, grad_norm, time.perf_counter() - t_start)
 
 
 def _measuring(loss_fn: ParamLossFn, measure) -> ParamLossFn:

@@ -46,6 +46,20 @@ def mean_loss_over(loss_fns: list[LossesFn], w: Tensor, x: Tensor, y: Tensor, ba
     return float(total / max(sum(counts), 1))
 
 
+def mean_grad_norm(loss_fn: LossesFn, w: Tensor, x: Tensor, y: Tensor, batch: int) -> float:
+    """‖∇L(w)‖ of the mean over all loss elements of the whole set, in batches of at most `batch` samples (the
+    step's minibatch, which already fits a backward pass), summed in float64: the geometry screen's gradient at w*."""
+    total = torch.zeros_like(w, dtype=torch.float64)
+    count = 0
+    for s in range(0, x.shape[0], max(1, batch)):
+        wg = w.detach().requires_grad_(True)
+        losses = loss_fn(wg, x[s : s + batch], y[s : s + batch])
+        (g,) = torch.autograd.grad(losses.sum(), wg)
+        total += g.to(torch.float64)
+        count += losses.numel()
+    return float(total.norm() / max(count, 1))
+
+
 @dataclass(frozen=True)
 class TrackedSet:
     """A set whose every loss is recorded at every draw, with what one probe sample told about it."""

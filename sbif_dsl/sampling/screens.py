@@ -42,9 +42,11 @@ Thresholds (`Thresholds`; the spec's `diagnostics:` block has the same fields an
   R̂ − 1 ≈ 1/(2·n_e) with n_e effective draws per half chain, so R̂ ≤ 1.01 needs n_e ≳ 50, i.e. an ESS of about
   100 per chain (Vehtari et al.'s pairing). A run with fewer warns on R̂ even when nothing else is wrong: it has
   too few effective draws to show convergence (the ESS screen says the same).
-- ESS < 100 warns, < 20 fails (the smallest of the mean tracked losses' and the minibatch loss's): Vehtari et al.
-  ask for ≥ 100 per chain before trusting R̂ and the ESS itself; below 20 independent draws a covariance (the BIF)
-  has a relative standard error above ~30%.
+- ESS per chain (the all-chains ESS / chains) < 100 warns, < 20 fails (the smallest of the mean tracked losses' and
+  the minibatch loss's): Vehtari et al. ask for ≥ 100 per chain before trusting R̂ and the ESS itself; below 20
+  independent draws per chain a chain's share of a covariance (the BIF) has a relative standard error above ~30%,
+  and the jackknife over chains, which sees chains only, reads chains that are each too short as noise. (Until
+  sample stage version 6 the all-chains total was held to these numbers: 8 chains passed with 12.5 per chain.)
 - |drift| > 3 warns, > 6 fails (standard errors of the combined z): under stationarity |z| > 3 has probability
   ~0.3% with a well-estimated τ (50 checkpoints: ~0.15 chance warnings per series and run); the failure modes
   this catches are far beyond 6 (a climb through a too-short burn-in reads tens to hundreds of SEs). A downward
@@ -53,7 +55,14 @@ Thresholds (`Thresholds`; the spec's `diagnostics:` block has the same fields an
 - rise_sd < −1 warns, < −3 fails: measured on the demo toy (8 × 400 draws, γ 1e5), the plateau checkpoints near
   the saddle at init read −0.3 to −0.7 (flat: a tiny gradient), the transitions −3 to −27 (LLC −14 to −917), the
   converged end +8. A minibatch's own noise widens the sd, so with small batches this screen is conservative.
+- grad_sd (minibatch, `Gradient.descent_sd`) = nβ‖∇L(w*)‖/√γ > 1 warns, > 3 fails (the descent thresholds: both
+  are SDs below L(w*)): the first-order drop the gradient at w* lets the localized posterior make, known before a
+  single draw, so a checkpoint that is not a minimum is named even when its chains look converged.
 - Too few draws to compute a statistic (draws < 4 for R̂, < 8 for ESS and drift) warns: nothing was screened.
+
+The findings come in two kinds (`Finding.kind`), each with its remedy (`hint`): geometry ("not a local minimum":
+gradient, descent below L(w*), a minibatch loss drifting down) is a property of the checkpoint, and more sampling
+does not fix it; convergence ("not converged": R̂, ESS, upward or tracked drift, too few draws) is the sampler's.
 """
 
 from __future__ import annotations
@@ -195,11 +204,30 @@ def combined_drift(z: np.ndarray) -> float:
     return float(z[ok].sum() / math.sqrt(ok.sum())) if ok.any() else math.nan
 
 
+@dataclass(frozen=True)
+class Gradient:
+    """‖∇L(w*)‖ of the full training loss at the checkpoint, and the sampler's nβ and γ that turn it into the
+    descent the localized posterior can make (`descent_sd`)."""
+
+    norm: float
+    nbeta: float
+    gamma: float
+
+    @property
+    def descent_sd(self) -> float:
+        """nβ‖∇L(w*)‖/√γ: how far below L(w*), in posterior SDs of the loss, the localized posterior's mean sits to
+        first order. Near w* it is ≈ N(w* − Σnβg, Σ) with Σ = (nβH + γI)⁻¹, so the drop is nβ·gᵀΣg in loss units and
+        nβ·√(gᵀΣg) in SDs, at most nβ‖g‖/√γ where H ⪰ 0 (a saddle can do more). NaN without localization (γ = 0)."""
+        if not self.gamma > 0:
+            return math.nan
+        return self.nbeta * self.norm / math.sqrt(self.gamma)
+
+
 # ----------------------------------------------------------------------------- rows of one checkpoint
 
 COLUMNS = (
     "series", "observable", "chain", "chains", "draws", "rhat", "rhat_max", "rhat_median", "ess", "lag1_autocorr",
-    "ess_ar1", "drift", "change", "rise_sd",
+    "ess_ar1", "drift", "change", "rise_sd", "grad_norm", "grad_sd",
 )  # fmt: skip
 
 
@@ -214,12 +242,14 @@ def series_rows(
     mean: np.ndarray,
     per_sample: np.ndarray | None = None,
     init_loss: float | None = None,
+    gradient: Gradient | None = None,
 ) -> list[dict]:
     """The rows of one series: one over all chains (chain None) and one per chain.
 
     mean: (chains, draws) the series (a chain's mean tracked loss per draw, or the minibatch loss);
     per_sample: (chains, draws, samples) the tracked samples' own traces, for R̂ max / median (None: not tracked);
-    init_loss: the series' value at w* (the minibatch loss: L(w*)), for `rise_sd` (None: not known)."""
+    init_loss: the series' value at w* (the minibatch loss: L(w*)), for `rise_sd` (None: not known);
+    gradient: ∇L at w* and the sampler's nβ, γ (the minibatch series), for `grad_norm` and `grad_sd`."""
     from .mixing import ar1_mixing
 
     mean = np.asarray(mean, dtype=np.float64)
@@ -246,6 +276,8 @@ def series_rows(
             "drift": _num(combined_drift(z)),
             "change": _num(np.mean(change)),
             "rise_sd": _num(rise[0]),
+            "grad_norm": None if gradient is None else _num(gradient.norm),
+            "grad_sd": None if gradient is None else _num(gradient.descent_sd),
         }
     ]
     for k in range(c):
@@ -262,6 +294,8 @@ def series_rows(
                 "drift": _num(z[k]),
                 "change": _num(change[k]),
                 "rise_sd": _num(rise[k + 1]),
+                "grad_norm": None,
+                "grad_sd": None,
             }
         )
     return rows
@@ -279,21 +313,30 @@ def _rise_sd(x: np.ndarray, init: float | None) -> np.ndarray:
     return out
 
 
-def statistics(traces: dict[str, np.ndarray], batch_losses: np.ndarray, init_loss: float | None = None) -> list[dict]:
+def statistics(
+    traces: dict[str, np.ndarray],
+    batch_losses: np.ndarray,
+    init_loss: float | None = None,
+    gradient: Gradient | None = None,
+) -> list[dict]:
     """Every screen row of one checkpoint: per observable (traces: name -> (chains, draws, n) or (chains, draws,
     n, T)), series "tracked", then the minibatch loss (chains, draws), series "minibatch" with observable None;
-    init_loss = L(w*), the full training loss at the checkpoint (the minibatch rows' `rise_sd`)."""
+    init_loss = L(w*), the full training loss at the checkpoint (the minibatch rows' `rise_sd`); gradient: ∇L(w*)
+    and the sampler's nβ, γ (the minibatch summary row's `grad_norm`, `grad_sd`)."""
     rows: list[dict] = []
     for name, arr in traces.items():
         c, d = arr.shape[:2]
         per_sample = arr.mean(axis=3, dtype=np.float64) if arr.ndim == 4 else arr  # per sequence: mean over T
         mean = arr.reshape(c, d, -1).astype(np.float64).mean(axis=2)  # (chains, draws)
         rows += series_rows("tracked", name, mean, per_sample)
-    rows += series_rows("minibatch", None, batch_losses, None, init_loss)
+    rows += series_rows("minibatch", None, batch_losses, None, init_loss, gradient)
     return rows
 
 
 # ----------------------------------------------------------------------------- verdict
+
+
+GEOMETRY, CONVERGENCE = "geometry", "convergence"
 
 
 @dataclass(frozen=True)
@@ -301,10 +344,18 @@ class Finding:
     """One screen that did not pass, in words."""
 
     level: str  # warn or fail
-    what: str  # "drift", "descent", "rhat", "ess", "draws"
+    what: str  # "drift", "descent", "gradient", "rhat", "ess", "draws"
     text: str
     direction: int = 0  # drift and descent: +1 up, −1 down
     series: str = ""  # "tracked" or "minibatch"
+
+    @property
+    def kind(self) -> str:
+        """GEOMETRY: the checkpoint is not a local minimum (a gradient at w*, sampled loss below L(w*), a minibatch
+        loss that descends over the draws); CONVERGENCE: the chains at it have not converged (R̂, ESS, drift up or of
+        a tracked series, too few draws). Each has its own remedy (`hint`)."""
+        down = self.what == "drift" and self.direction < 0 and self.series == "minibatch"
+        return GEOMETRY if self.what in ("descent", "gradient") or down else CONVERGENCE
 
 
 def _label(row: dict) -> str:
@@ -359,16 +410,37 @@ def _descent_finding(summary: list[dict], th: Thresholds) -> Finding | None:
                    r.get("series", ""))  # fmt: skip
 
 
+def _gradient_finding(summary: list[dict], th: Thresholds) -> Finding | None:
+    """The gradient at w* (`Gradient.descent_sd`), judged with the descent thresholds: both are SDs below L(w*)."""
+    found = [r for r in summary if _finite(r, "grad_sd")]
+    if not found:
+        return None
+    r = max(found, key=lambda r: r["grad_sd"])
+    level = _level(r["grad_sd"], th.descent_warn, th.descent_fail)
+    if level == OK:
+        return None
+    norm = f"‖∇L(w*)‖ {r['grad_norm']:.3g}" if _finite(r, "grad_norm") else "the gradient at w*"
+    return Finding(level, "gradient", f"{norm} lets the posterior sit {r['grad_sd']:.1f} SD below L(w*)", -1,
+                   r.get("series", ""))  # fmt: skip
+
+
+def _ess_per_chain(r: dict) -> float:
+    """The all-chains ESS divided by the number of chains: what Vehtari et al.'s "100 per chain" holds."""
+    return r["ess"] / max(r.get("chains") or 1, 1)
+
+
 def _ess_finding(summary: list[dict], th: Thresholds) -> Finding | None:
+    """The smallest ESS per chain among the series, against ess_warn / ess_fail (per chain)."""
     found = [r for r in summary if _finite(r, "ess")]
     if not found:
         return None
-    r = min(found, key=lambda r: r["ess"])
-    level = _level(r["ess"], th.ess_warn, th.ess_fail, above=False)
+    r = min(found, key=_ess_per_chain)
+    level = _level(_ess_per_chain(r), th.ess_warn, th.ess_fail, above=False)
     if level == OK:
         return None
-    total = (r.get("chains") or 0) * (r.get("draws") or 0)
-    return Finding(level, "ess", f"ESS {r['ess']:.0f} of {total} draws ({_label(r)})", series=r.get("series", ""))
+    c, d = r.get("chains") or 0, r.get("draws") or 0
+    text = f"ESS {_ess_per_chain(r):.0f} per chain ({r['ess']:.0f} of {c} × {d} draws, {_label(r)})"
+    return Finding(level, "ess", text, series=r.get("series", ""))
 
 
 def findings(rows: list[dict], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> list[Finding]:
@@ -389,6 +461,7 @@ def findings(rows: list[dict], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> l
         for f in (
             rhat or _rhat_finding(summary, ("rhat", "rhat_median"), th.rhat_warn, WARN),
             _descent_finding(summary, th),
+            _gradient_finding(summary, th),
             _ess_finding(summary, th),
         )
         if f is not None
@@ -403,25 +476,47 @@ def findings(rows: list[dict], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> l
 
 
 def verdict(rows: list[dict], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> tuple[str, str]:
-    """(verdict, reason) of one checkpoint: "ok" / "warn" / "fail" and its findings in words ("" when ok)."""
+    """(verdict, reason) of one checkpoint: "ok" / "warn" / "fail" and its findings in words ("" when ok), the
+    geometry findings ("not a local minimum: ...") before the convergence ones ("not converged: ...")."""
     found = findings(rows, thresholds)
     if not found:
         return OK, ""
-    return found[0].level, "; ".join(f.text for f in found)
+    parts = []
+    for kind, head in ((GEOMETRY, "not a local minimum"), (CONVERGENCE, "not converged")):
+        texts = [f.text for f in found if f.kind == kind]
+        if texts:
+            parts.append(f"{head}: " + "; ".join(texts))
+    return found[0].level, "; ".join(parts)
+
+
+def verdicts(rows: list[dict], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict[str, str]:
+    """The worst level of each kind of finding: {"geometry": ..., "convergence": ...}, each ok / warn / fail."""
+    found = findings(rows, thresholds)
+    return {
+        kind: max((f.level for f in found if f.kind == kind), key=_LEVEL.__getitem__, default=OK)
+        for kind in (GEOMETRY, CONVERGENCE)
+    }
+
+
+GEOMETRY_HINT = (
+    "the checkpoint is not a local minimum: SGLD moves to lower loss next to it (the LLC reads low, often negative), "
+    "and influence here mixes that descent with the posterior; read influence at minima (plateaus, the end of "
+    "training), or a larger γ keeps chains near w*"
+)
 
 
 def hint(rows: list[dict], thresholds: Thresholds = DEFAULT_THRESHOLDS) -> str:
-    """What to try, for the worst finding (a downward drift of the minibatch loss: the checkpoint itself)."""
+    """What to try: for a checkpoint that is not a local minimum, that (more sampling does not help); for chains
+    that have not converged, the remedy of the worst convergence finding."""
     found = findings(rows, thresholds)
-    if not found:
-        return ""
-    down = [f for f in found if f.what in ("drift", "descent") and f.direction < 0]
-    if any(f.series == "minibatch" for f in down) or (down and found[0] in down):
-        return (
-            "the checkpoint is not a local minimum: SGLD moves to lower loss next to it (the LLC reads low, often "
-            "negative), and influence here mixes that descent with the posterior (a larger γ keeps chains near w*)"
-        )
-    worst = found[0]
+    parts = [GEOMETRY_HINT] if any(f.kind == GEOMETRY for f in found) else []
+    rest = [f for f in found if f.kind == CONVERGENCE]
+    if rest:
+        parts.append(_convergence_hint(rest[0]))
+    return "; then ".join(parts)
+
+
+def _convergence_hint(worst: Finding) -> str:
     if worst.what == "drift":
         return "chains are still equilibrating: more burn-in (sampler.burn_in), or a smaller ε"
     if worst.what == "rhat":

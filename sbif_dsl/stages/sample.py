@@ -84,18 +84,20 @@ def _write_traces(path: Path, traces: dict) -> None:
     pq.write_table(pa.concat_tables(parts), path, compression="zstd")
 
 
-def _diagnostics_rows(traces: dict, batch_losses, init_loss: float) -> dict:
+def _diagnostics_rows(traces: dict, batch_losses, init_loss: float, gradient) -> dict:
     """The convergence screens of this checkpoint's chains (`sampling.screens`): per observable and for the minibatch
-    loss, one row over all chains and one per chain; every row carries the checkpoint's verdict under the default
+    loss, one row over all chains and one per chain; every row carries the checkpoint's verdicts under the default
     thresholds (the spec's `diagnostics:` thresholds only change what `sbif run` prints and the report shows)."""
     from ..sampling import screens
 
-    rows = screens.statistics(traces, batch_losses, init_loss)
+    rows = screens.statistics(traces, batch_losses, init_loss, gradient)
     verdict, reason = screens.verdict(rows)
+    kinds = screens.verdicts(rows)
     return {
         **{c: [r[c] for r in rows] for c in screens.COLUMNS},
         "verdict": [verdict] * len(rows),
         "reason": [reason] * len(rows),
+        **{k: [v] * len(rows) for k, v in kinds.items()},
     }
 
 
@@ -106,6 +108,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     from ..errors import NonFiniteError
     from ..observables import tracking
     from ..sampling import SGLDConfig, run_chains
+    from ..sampling.screens import Gradient
 
     p = stage.params
     module = rt.module_at(inputs.file(stage.inputs[0], "state.pt"))
@@ -146,7 +149,9 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         tables={
             "r_tracked": tracked_rows,
             "r_batch_losses": {"chain": chain.ravel(), "draw": draw.ravel(), "loss": bl.ravel()},
-            "r_diagnostics": _diagnostics_rows(traces, bl, res.init_loss),
+            "r_diagnostics": _diagnostics_rows(
+                traces, bl, res.init_loss, Gradient(res.init_grad_norm, cfg.nbeta, cfg.gamma)
+            ),
         },
         artifacts={name: out_dir / name for name in ("traces.parquet", "summary.json", "batch_losses.npy")},
         measured={"sampling_wall_s": res.wall_s},
@@ -159,17 +164,21 @@ DIAGNOSTICS_DOC = (
     "minibatch loss, observable NULL); chain NULL = over all chains (rhat: split-R̂, ess: Stan's bulk ESS of split "
     "chains, drift: Σz/√C), else one chain (ess: that chain's, lag1_autocorr, ess_ar1, drift: slope / its "
     "autocorrelation-corrected SE); change: fitted rise over the draws; rise_sd (minibatch): (mean loss − L(w*)) / "
-    "its sd, negative = below the checkpoint (not a local minimum); verdict (ok/warn/fail) and reason: the "
-    "checkpoint's, under the default thresholds (the spec's diagnostics: block changes what sbif run prints)"
+    "its sd, negative = below the checkpoint (not a local minimum); grad_norm, grad_sd (minibatch, all chains): "
+    "‖∇L(w*)‖ over the training set and nβ‖∇L(w*)‖/√γ, how many posterior SDs below L(w*) that gradient lets the "
+    "chains sit; verdict (ok/warn/fail) and reason: the checkpoint's, under the default thresholds (the spec's "
+    "diagnostics: block changes what sbif run prints); geometry (not a local minimum: gradient, descent) and "
+    "convergence (R̂, ESS per chain, drift): the worst level of each"
 )
 
 KIND = Kind(
     name="sample",
-    # 5: convergence screens (split-R̂, ESS, drift, verdict) in r_diagnostics, which also holds what r_trace_mixing
-    # held (trace_mixing is a view over it); 4: keyed sampler fields declared by the spec (rmsprop settings only for
-    # rmsprop_sgld), trace mixing computed here; 3: device in the key is the spec's, batch losses are an artifact,
-    # no wall time in summary.json
-    version=5,
+    # 6: geometry screens (‖∇L(w*)‖, grad_sd) beside the convergence screens, geometry/convergence verdicts, ESS
+    # judged per chain; 5: convergence screens (split-R̂, ESS, drift, verdict) in r_diagnostics, which also holds what
+    # r_trace_mixing held (trace_mixing is a view over it); 4: keyed sampler fields declared by the spec (rmsprop
+    # settings only for rmsprop_sgld), trace mixing computed here; 3: device in the key is the spec's, batch losses
+    # are an artifact, no wall time in summary.json
+    version=6,
     run="sbif_dsl.stages.sample:run",
     model=True,
     tables=(
@@ -179,7 +188,8 @@ KIND = Kind(
             "r_diagnostics",
             "series VARCHAR, observable VARCHAR, chain INTEGER, chains INTEGER, draws INTEGER, rhat DOUBLE, "
             "rhat_max DOUBLE, rhat_median DOUBLE, ess DOUBLE, lag1_autocorr DOUBLE, ess_ar1 DOUBLE, drift DOUBLE, "
-            "change DOUBLE, rise_sd DOUBLE, verdict VARCHAR, reason VARCHAR",
+            "change DOUBLE, rise_sd DOUBLE, grad_norm DOUBLE, grad_sd DOUBLE, verdict VARCHAR, reason VARCHAR, "
+            "geometry VARCHAR, convergence VARCHAR",
         ),
     ),
     views=(
@@ -194,8 +204,8 @@ KIND = Kind(
             "diagnostics",
             """
         SELECT ss.study, sr.step, d.series, d.observable, d.chain, d.chains, d.draws, d.rhat, d.rhat_max,
-               d.rhat_median, d.ess, d.lag1_autocorr, d.ess_ar1, d.drift, d.change, d.rise_sd, d.verdict,
-               d.reason
+               d.rhat_median, d.ess, d.lag1_autocorr, d.ess_ar1, d.drift, d.change, d.rise_sd, d.grad_norm,
+               d.grad_sd, d.verdict, d.reason, d.geometry, d.convergence
         FROM {scope} JOIN r_diagnostics d ON d.key = sr.key""",
             DIAGNOSTICS_DOC,
         ),
