@@ -33,13 +33,13 @@ GRID_ORDER = ["method", "eps", "gamma", "nbeta"]
 def parse_grid(items: list[str], methods: str | None) -> dict[str, list]:
     """['eps=1e-5,1e-4', 'gamma=1e3'] -> {'eps': [1e-5, 1e-4], 'gamma': [1000.0]} (values parsed as YAML)."""
     grid: dict[str, list] = {}
-    allowed = sorted(Sampler.model_fields)
+    allowed = sorted(f for f in Sampler.model_fields if f != "auto")  # the auto policy is a block, not a value
     for item in [*items, *([f"method={methods}"] if methods else [])]:
         key, sep, values = item.partition("=")
         key = key.strip()
         if not sep or not values.strip():
             raise UsageError(f"--grid {item!r}: expected KEY=V1,V2,... e.g. eps=1e-5,1e-4")
-        if key not in Sampler.model_fields:
+        if key not in allowed:
             raise UsageError(f"--grid {item!r}: {key!r} is not a sampler field; fields: {', '.join(allowed)}")
         parsed = []
         for text in values.split(","):
@@ -71,6 +71,10 @@ def expand(base: Sampler, grid: dict[str, list]) -> list[GridPoint]:
         overrides = dict(zip(keys, values, strict=True))
         try:
             sampler = Sampler.model_validate({**base.model_dump(), **overrides})
+            if sampler.adaptive:
+                fixed = "calibration scores fixed settings: give eps and draws numbers (e.g. --grid eps=1e-5 draws=400)"
+                points.append(GridPoint(overrides, None, f"eps/draws auto: {fixed}"))
+                continue
             points.append(GridPoint(overrides, sampler))
         except ValidationError as e:
             err = e.errors()[0]
@@ -80,7 +84,9 @@ def expand(base: Sampler, grid: dict[str, list]) -> list[GridPoint]:
 
 
 def default_grid(base: Sampler) -> dict[str, list]:
-    """Without --grid: the spec's ε, a tenth of it and ten times it."""
+    """Without --grid: the spec's ε, a tenth of it and ten times it (eps: auto has no value to sweep around)."""
+    if base.eps == "auto":
+        raise UsageError("the spec's sampler.eps is auto: give values to score, e.g. --grid eps=1e-6,1e-5 draws=400")
     return {"eps": [base.eps / 10, base.eps, base.eps * 10]}
 
 

@@ -104,11 +104,18 @@ def validate(spec: Path, overrides) -> None:
     from .api import load
 
     loaded = load(spec, list(overrides))
+    _echo_warnings(loaded.spec)
     s = loaded.spec.study
     if s.sweep is not None:
         click.echo(f"ok: {spec} (sweep {s.name!r}: {len(loaded.cells)} cells, each valid; {len(s.analyses)} analyses)")
     else:
         click.echo(f"ok: {spec} (study {s.name!r}, {len(s.analyses)} analyses)")
+
+
+def _echo_warnings(spec) -> None:
+    """A spec's settings that run but bias results (`Sampler.warnings`), one stderr line each."""
+    for line in spec.warnings:
+        click.echo(f"warning: {line}", err=True)
 
 
 @main.command()
@@ -252,6 +259,7 @@ def run(spec: Path, overrides, cache_path, executor, ray_address, workers, threa
     from .api import load
 
     study = load(spec, list(overrides), cache_path)  # a bad spec fails before torch is imported
+    _echo_warnings(study.spec)
     progress = _Progress(quiet)
     options = dict(
         recompute=recompute, executor=executor, ray_address=ray_address, workers=workers, threads=threads,
@@ -302,7 +310,10 @@ def _screens(store, studies: list[str]) -> list[dict]:
 
     marks = ", ".join("?" for _ in studies)
     with store.connect(read_only=True) as con:
-        sql = f"SELECT * FROM diagnostics WHERE study IN ({marks}) ORDER BY study, step"
+        sql = (
+            "SELECT d.*, s.stop AS sampler_stop FROM diagnostics d LEFT JOIN sampler_schedule s USING (study, step) "
+            f"WHERE d.study IN ({marks}) ORDER BY d.study, d.step"
+        )
         return fetch_frame(con, sql, studies).to_dicts()
 
 
@@ -319,7 +330,7 @@ def _screen_lines(study, screens: list[dict], quiet: bool) -> list[str]:
     by_step: dict[int, list[dict]] = {}
     for r in rows:
         by_step.setdefault(r["step"], []).append(r)
-    flagged = [(step, *verdict(rs, thresholds), hint(rs, thresholds)) for step, rs in by_step.items()]
+    flagged = [_budget((step, *verdict(rs, thresholds), hint(rs, thresholds)), rs) for step, rs in by_step.items()]
     flagged = [f for f in flagged if f[1] != OK]
     if not flagged:
         return [] if quiet else [f"screens: all {len(by_step)} checkpoints ok (view diagnostics)"]
@@ -333,6 +344,18 @@ def _screen_lines(study, screens: list[dict], quiet: bool) -> list[str]:
     if len(flagged) > SHOWN_SCREENS:
         lines.append(f"  ... and {len(flagged) - SHOWN_SCREENS} more")
     return lines
+
+
+def _budget(flag: tuple, rows: list[dict]) -> tuple:
+    """A checkpoint whose adaptive sampler ran out of budget before the screens passed says so first."""
+    stop = next((r.get("sampler_stop") for r in rows if r.get("sampler_stop")), "") or ""
+    if not stop.startswith("budget"):
+        return flag
+    step, level, reason, what = flag
+    field = stop.split(": ", 1)[-1]
+    head = f"the adaptive sampler's {field} ran out before the screens passed"
+    return (step, "fail" if level == "fail" else "warn", f"{head}; {reason}" if reason else head,
+            f"a larger sampler.auto.{field}; {what}" if what else f"a larger sampler.auto.{field}")  # fmt: skip
 
 
 @main.command()
@@ -426,7 +449,7 @@ def calibrate(
         backend = make_backend(store, executor, ray_address, workers, threads, progress.inner)
         cal = run_calibration(rt, store, parsed, step, report=progress.stage, backend=backend)
     if not parsed:
-        click.echo(f"no --grid given: sweeping eps around the spec's value ({rt.study.sampler.eps:g})")
+        click.echo(f"no --grid given: sweeping eps around the spec's value ({rt.study.sampler.eps})")
     click.echo(
         f"calibration of study {rt.study.name!r} at checkpoint step {cal.step} ({cal.ran} stages run, the rest cached):"
     )

@@ -146,7 +146,8 @@ def test_log_spaced_schedule():
 def test_json_schema_has_descriptions():
     schema = json_schema()
     sampler = schema["$defs"]["Sampler"]["properties"]
-    assert sampler["eps"]["exclusiveMinimum"] == 0
+    number, auto = sampler["eps"]["anyOf"]  # eps: a number in (0, 1], or auto
+    assert number["exclusiveMinimum"] == 0 and auto["const"] == "auto"
     assert all("description" in p for p in sampler.values())
     json.dumps(schema)
 

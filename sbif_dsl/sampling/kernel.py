@@ -86,6 +86,11 @@ class Progress:
         self.progress, self.total, self.step = progress, total, 0
         self.every = max(1, math.ceil(total / 100))
 
+    def retotal(self, total: int) -> None:
+        """A new total (an adaptive run knows its budget in steps only once the thinning is chosen)."""
+        self.total = max(total, self.step)
+        self.every = max(1, math.ceil(self.total / 100))
+
     def tick(self) -> None:
         """One step done."""
         self.step += 1

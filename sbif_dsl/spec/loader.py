@@ -55,6 +55,7 @@ class LoadedSpec:
     raw: dict
     text: str
     lines: dict = field(default_factory=dict, compare=False, repr=False)  # field path -> line (0: from --set)
+    warnings: list[str] = field(default_factory=list, compare=False)  # settings that run but bias results
 
     @property
     def base_dir(self) -> Path:
@@ -416,6 +417,8 @@ def _clean_loc(loc: tuple, data: Any) -> Path_:
             continue
         elif isinstance(part, str) and ("[" in part or part.startswith("function")):
             continue
+        elif node is not None and not isinstance(node, dict | list) and isinstance(part, str):
+            continue  # a union member's tag under a scalar value (eps: float | 'auto')
         else:
             out.append(part)
             node = None
@@ -496,13 +499,20 @@ def _capped(problems: list[str], total: int | None = None) -> list[str]:
 
 def format_validation_error(e: ValidationError, data: Any, lines: dict[Path_, int], source: str) -> list[str]:
     errors = e.errors()
-    problems = []
+    problems: list[str] = []
+    merged = 0
+    at: dict[Path_, int] = {}  # path -> its line in problems: a union's members fail at the same field
     for err in errors[: MAX_PROBLEMS + 1]:
         path = _clean_loc(err["loc"], data)
+        if path in at and err["type"] == "literal_error":  # eps: a number in range, or 'auto'
+            problems[at[path]] += f"; or {err['ctx']['expected']}"
+            merged += 1
+            continue
         line = _line_for(path, lines)
         where = f"{source}:{line}" if line else f"{source}:--set" if line == 0 else f"{source}:?"
+        at.setdefault(path, len(problems))
         problems.append(f"{where}: {_dotted(path)}: {_hint(err, path, data)}")
-    return _capped(problems, len(errors))
+    return _capped(problems, len(errors) - merged)
 
 
 # ----------------------------------------------------------------------------- cross references
@@ -618,7 +628,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     refs = reference_problems(study, hierarchy_sets(study))
     if refs:
         raise SpecError(_capped(ref_lines(refs, lines, source)))
-    return LoadedSpec(study=study, path=path.resolve(), raw=data, text=text, lines=lines)
+    warnings = ref_lines(study.sampler.warnings(), lines, source)
+    return LoadedSpec(study=study, path=path.resolve(), raw=data, text=text, lines=lines, warnings=warnings)
 
 
 def ref_lines(refs: list[tuple[Path_, str]], lines: dict[Path_, int], source: str) -> list[str]:

@@ -485,6 +485,32 @@ Observable = Annotated[
 ]
 
 
+MAX_PULL = 0.1  # εγ/2 above this: the localization step alone inflates every variance by ≥ 1/(1 − εγ/4) ≈ 2.6%
+
+
+class Auto(Base):
+    """The adaptive sampler's policy (sbif_dsl/sampling/auto.py), used where eps or draws is `auto`."""
+
+    KEYED = ("target_acceptance", "max_pull", "adapt_steps", "window", "max_burn_in", "check_every", "max_draws",
+             "max_seconds")  # fmt: skip
+
+    target_acceptance: Float = Field(default=0.9, gt=0, lt=1, description="MALA acceptance ε is adapted to.")
+    max_pull: Float = Field(default=MAX_PULL, gt=0, le=0.5, description="εγ/2 at most this.")
+    adapt_steps: int = Field(default=300, ge=10, le=1_000_000, strict=True, description="Step-size warm-up steps.")
+    window: int = Field(default=100, ge=8, le=100_000, strict=True, description="Burn-in window (steps).")
+    max_burn_in: int = Field(default=20_000, ge=16, le=10_000_000, strict=True, description="Burn-in budget (steps).")
+    check_every: int = Field(default=100, ge=8, le=100_000, strict=True, description="Draws between screen checks.")
+    max_draws: int = Field(default=4000, ge=8, le=1_000_000, strict=True, description="Draws budget per chain.")
+    max_seconds: Float | None = Field(
+        default=None, gt=0, le=1e7, description="Wall-time budget per checkpoint (draws kept then vary by machine)."
+    )
+
+    @field_validator("max_seconds", mode="before")
+    @classmethod
+    def _seconds_number(cls, v: Any) -> Any:  # as Float (an Optional Float would spoil the JSON Schema)
+        return v if v is None else _number(v)
+
+
 class Sampler(Base):
     """SGLD / RMSProp-SGLD around each checkpoint (SCIENCE.md §2)."""
 
@@ -501,17 +527,22 @@ class Sampler(Base):
         "rmsprop_alpha",
         "rmsprop_eps",
         "precision",
+        "auto",
     )
     UNKEYED = ("nbeta", "batch_size")  # enter resolved (stages/sample.py: nβ = B/ln B, B capped at n)
 
     method: Literal["sgld", "rmsprop_sgld"] = Field(default="sgld", description="Sampler update rule.")
-    eps: Float = Field(default=1e-5, gt=0, le=1, description="Step size ε.")
+    eps: Annotated[float, Field(strict=True, gt=0, le=1), BeforeValidator(_number)] | Literal["auto"] = Field(
+        default=1e-5, description="Step size ε, or auto: adapted to a MALA acceptance (sampler.auto)."
+    )
     gamma: Float = Field(default=1e5, ge=0, le=1e12, description="Localization strength γ.")
     nbeta: float | None = Field(
         default=None, gt=0, le=1e12, strict=True, description="Inverse temperature nβ; null = B/ln B."
     )
     chains: int = Field(default=8, ge=1, le=4096, strict=True, description="Independent chains (run stacked).")
-    draws: int = Field(default=400, ge=2, le=1_000_000, strict=True, description="Recorded draws per chain.")
+    draws: Annotated[int, Field(strict=True, ge=2, le=1_000_000)] | Literal["auto"] = Field(
+        default=400, description="Recorded draws per chain, or auto: burn-in measured, draws until the screens pass."
+    )
     burn_in: int = Field(default=100, ge=0, le=1_000_000, strict=True, description="Steps before the first draw.")
     steps_between_draws: int = Field(
         default=1, ge=1, le=10_000, strict=True, description="SGLD steps per recorded draw."
@@ -528,6 +559,30 @@ class Sampler(Base):
         description="Compute precision of the model while sampling: bfloat16 autocasts its matmuls (weights, "
         "updates and recorded losses stay float32; effect measured in README).",
     )
+    auto: Auto = Field(default_factory=Auto, description="Policy of eps: auto / draws: auto (keyed only then).")
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the adaptive sampler runs (eps or draws auto): its `auto` policy is then part of the key."""
+        return self.eps == "auto" or self.draws == "auto"
+
+    def pull(self) -> float | None:
+        """εγ/2 of a fixed ε (None for eps: auto, which keeps it ≤ auto.max_pull)."""
+        return None if self.eps == "auto" else self.eps * self.gamma / 2
+
+    def warnings(self) -> list[tuple[tuple, str]]:
+        """(field path, message) of settings that run but bias the result."""
+        pull = self.pull()
+        if pull is not None and pull > MAX_PULL:
+            return [
+                (
+                    ("sampler", "eps"),
+                    f"eps*gamma/2 = {pull:g} > {MAX_PULL:g}: the localization step alone inflates every variance by "
+                    f">= 1/(1 - eps*gamma/4) = {1 / (1 - pull / 2):.3g}x (every -Cov biased by that much); "
+                    "use a smaller eps, or eps: auto",
+                )
+            ]
+        return []
 
     @field_validator("nbeta", mode="before")
     @classmethod
@@ -536,8 +591,8 @@ class Sampler(Base):
 
     @model_validator(mode="after")
     def _stable_localization(self) -> Sampler:
-        pull = self.eps * self.gamma / 2
-        if self.method == "sgld" and pull >= 1:
+        pull = self.pull()
+        if self.method == "sgld" and pull is not None and pull >= 1:
             raise ValueError(
                 f"eps*gamma/2 = {pull:g} >= 1: the localization step overshoots and chains diverge; "
                 "use a smaller eps or gamma"

@@ -8,6 +8,7 @@ here at plan time, into the run-time config the stage's params hold (nβ and the
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -29,7 +30,27 @@ def sampler_config(rt, sampler=None) -> dict:
     if cfg["method"] != "rmsprop_sgld":
         for name in RMSPROP_FIELDS:
             cfg.pop(name)
+    if not s.adaptive:
+        cfg.pop("auto")  # keyed only for the adaptive sampler: fixed schedules keep their keys
     return cfg
+
+
+def chain_config(sampler: dict):
+    """(SGLDConfig, AutoConfig or None) of a stage's resolved sampler params: an auto ε starts from the policy's
+    first guess, auto draws from its budget (`sampling.auto`)."""
+    from ..sampling import SGLDConfig
+    from ..sampling.auto import AutoConfig, initial_eps
+
+    fields = dict(sampler)
+    policy = fields.pop("auto", None)
+    if policy is None:
+        return SGLDConfig(**fields), None
+    auto = AutoConfig(eps=fields["eps"] == "auto", draws=fields["draws"] == "auto", **policy)
+    if auto.draws:
+        fields["draws"] = auto.max_draws
+    if auto.eps:
+        fields["eps"] = initial_eps(fields["gamma"], auto.max_pull)
+    return SGLDConfig(**fields), auto
 
 
 def sampling_params(rt, checkpoint: Stage, cfg: dict) -> dict:
@@ -101,13 +122,40 @@ def _diagnostics_rows(traces: dict, batch_losses, init_loss: float, gradient) ->
     }
 
 
+SCHEDULE_COLUMNS = (
+    "eps_policy", "draws_policy", "eps", "pull", "acceptance", "adapt_steps", "burn_in", "burn_in_stop", "tau_steps",
+    "steps_between_draws", "draws", "stop",
+)  # fmt: skip
+
+
+def _schedule_tables(schedule: dict | None, cfg) -> dict:
+    """What the sampler ran at this checkpoint, and why (`sampling.auto`): one row, and one per round of draws of
+    an adaptive run. A fixed schedule is its config."""
+    if schedule is None:
+        schedule = {
+            "eps_policy": "fixed", "draws_policy": "fixed", "eps": cfg.eps, "burn_in": cfg.burn_in,
+            "steps_between_draws": cfg.steps_between_draws, "draws": cfg.draws, "stop": "fixed schedule",
+        }  # fmt: skip
+    row = {c: [schedule.get(c)] for c in SCHEDULE_COLUMNS}
+    row["pull"] = [schedule["eps"] * cfg.gamma / 2]
+    rounds = schedule.get("rounds", [])
+    return {
+        "r_schedule": row,
+        "r_schedule_rounds": {
+            "round": list(range(len(rounds))),
+            **{c: [r[c] for r in rounds] for c in ("draws", "converged", "findings")},
+        },
+    }
+
+
 def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> StageOutput:
     import numpy as np
     import torch
 
     from ..errors import NonFiniteError
     from ..observables import tracking
-    from ..sampling import SGLDConfig, run_chains
+    from ..sampling import run_chains
+    from ..sampling.auto import run_auto
     from ..sampling.screens import Gradient
 
     p = stage.params
@@ -118,9 +166,10 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     train = (rt.on_device(sets["train"].inputs), rt.on_device(sets["train"].targets))
     specs = [tracking.spec_of(o) for o in p["observables"]]
     batches = tracking.plan(rt, module, specs, sets)  # each observable's contract checked at w*
-    cfg = SGLDConfig(**p["sampler"])
+    cfg, policy = chain_config(p["sampler"])
+    run = run_chains if policy is None else functools.partial(run_auto, policy=policy)
     try:
-        res = run_chains(
+        res = run(
             rt.loss_fn(module), params0, train, [(b.x, b.y) for b in batches], cfg,
             seed=p["seed"], progress=progress, replicate=rt.loss_fn_replica(module),
             measures=[b.measure for b in batches],
@@ -152,6 +201,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
             "r_diagnostics": _diagnostics_rows(
                 traces, bl, res.init_loss, Gradient(res.init_grad_norm, cfg.nbeta, cfg.gamma)
             ),
+            **_schedule_tables(res.schedule, cfg),
         },
         artifacts={name: out_dir / name for name in ("traces.parquet", "summary.json", "batch_losses.npy")},
         measured={"sampling_wall_s": res.wall_s},
@@ -173,17 +223,24 @@ DIAGNOSTICS_DOC = (
 
 KIND = Kind(
     name="sample",
-    # 6: geometry screens (‖∇L(w*)‖, grad_sd) beside the convergence screens, geometry/convergence verdicts, ESS
-    # judged per chain; 5: convergence screens (split-R̂, ESS, drift, verdict) in r_diagnostics, which also holds what
-    # r_trace_mixing held (trace_mixing is a view over it); 4: keyed sampler fields declared by the spec (rmsprop
-    # settings only for rmsprop_sgld), trace mixing computed here; 3: device in the key is the spec's, batch losses
-    # are an artifact, no wall time in summary.json
+    # 6: the schedule run (r_schedule, r_schedule_rounds; eps/draws auto), geometry screens (‖∇L(w*)‖, grad_sd) beside
+    # the convergence screens, geometry/convergence verdicts, ESS judged per chain; 5: convergence screens (split-R̂,
+    # ESS, drift, verdict) in r_diagnostics, which also holds what r_trace_mixing held (trace_mixing is a view over
+    # it); 4: keyed sampler fields declared by the spec (rmsprop settings only for rmsprop_sgld), trace mixing
+    # computed here; 3: device in the key is the spec's, batch losses are an artifact, no wall time in summary.json
     version=6,
     run="sbif_dsl.stages.sample:run",
     model=True,
     tables=(
         Table("r_tracked", "observable VARCHAR, data_set VARCHAR, sample_idx INTEGER, sample_name VARCHAR"),
         Table("r_batch_losses", "chain INTEGER, draw INTEGER, loss DOUBLE"),
+        Table(
+            "r_schedule",
+            "eps_policy VARCHAR, draws_policy VARCHAR, eps DOUBLE, pull DOUBLE, acceptance DOUBLE, adapt_steps "
+            "INTEGER, burn_in INTEGER, burn_in_stop VARCHAR, tau_steps DOUBLE, steps_between_draws INTEGER, draws "
+            "INTEGER, stop VARCHAR",
+        ),
+        Table("r_schedule_rounds", "round INTEGER, draws INTEGER, converged BOOLEAN, findings VARCHAR"),
         Table(
             "r_diagnostics",
             "series VARCHAR, observable VARCHAR, chain INTEGER, chains INTEGER, draws INTEGER, rhat DOUBLE, "
@@ -193,6 +250,26 @@ KIND = Kind(
         ),
     ),
     views=(
+        View(
+            "sampler_schedule",
+            """
+        SELECT ss.study, sr.step, s.eps_policy, s.draws_policy, s.eps, s.pull, s.acceptance, s.adapt_steps,
+               s.burn_in, s.burn_in_stop, s.tau_steps, s.steps_between_draws, s.draws, s.stop
+        FROM {scope} JOIN r_schedule s ON s.key = sr.key""",
+            "what the sampler ran per checkpoint and why: eps (chosen by dual averaging to auto.target_acceptance "
+            "where eps: auto; acceptance: mean MALA acceptance over the second half of the warm-up), pull = εγ/2, "
+            "burn_in (steps; burn_in_stop: stationary or budget), tau_steps (autocorrelation time of the minibatch "
+            "loss, steps), steps_between_draws, draws, stop (converged, budget: max_draws / max_seconds, or fixed "
+            "schedule)",
+        ),
+        View(
+            "sampler_rounds",
+            """
+        SELECT ss.study, sr.step, r.round, r.draws, r.converged, r.findings
+        FROM {scope} JOIN r_schedule_rounds r ON r.key = sr.key""",
+            "draws: auto, per round of draws: the draws so far, whether the convergence screens passed, and what "
+            "was still open",
+        ),
         View(
             "batch_losses",
             """
