@@ -294,7 +294,7 @@ def test_bif_times_nbeta_is_the_derivative_of_the_query_loss(scalar):
 
 # Two AR(1) series with the same coefficient φ and innovations correlated −ρ: their stationary correlation is −ρ
 # exactly (so bif_corr = −Corr = +ρ). 4 chains of 100 draws at φ = 0.9: ~5 effective draws a chain, where the
-# raw-scale interval r ± t·SE passed 1 (measured, seed 0: 148 of 400 reps).
+# raw-scale interval r ± t·SE passed 1 (measured, seed 0: in 153 of 400 reps; coverage 0.933, Fisher z: 0.953).
 RHO_C, PHI_C, CHAINS_C, DRAWS_C, REPS_C = 0.95, 0.9, 4, 100, 400
 ONE = 1 + 1e-12  # a correlation matrix's diagonal is ±1 to float64 rounding (−1.0000000000000004 measured)
 

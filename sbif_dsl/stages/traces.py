@@ -19,7 +19,8 @@ def read_summary(inputs: Inputs, sample_key: str) -> dict:
 
 
 def read_traces(inputs: Inputs, sample_key: str) -> dict[str, torch.Tensor]:
-    """Traces of a sample stage input as {observable: (chains, draws, n[, T])}."""
+    """Traces of a sample stage input as {observable: (chains, draws, n[, T])}, at the dtype they were stored at
+    (the study's: float64 or float32; float32 for caches before sample version 6)."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
