@@ -128,7 +128,7 @@ KIND = AnalysisKind(
             "bif",
             pair_view("r_bif", ", b.value"),
             "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful), each with "
-            "_se (jackknife over chains) and the 95% interval _lo.._hi",
+            "_se (jackknife over chains) and the 95% interval _lo.._hi (bif_corr's on Fisher's z, inside [-1, 1])",
         ),
     ),
 )

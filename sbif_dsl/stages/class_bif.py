@@ -150,8 +150,9 @@ KIND = AnalysisKind(
                b.bif_corr_hi, coalesce(b.target_observable, b.observable) AS target_observable
         FROM {scope} JOIN r_class_bif b ON b.key = sr.key""",
             "class x class token influence per checkpoint: bif_cov = -Cov, bif_corr = -Corr (block means), with _se "
-            "and 95% intervals _lo.._hi; target_observable: what the source classes influence (the source "
-            "observable itself, or a class_bif `target`: its token classes, or one class named after it)",
+            "and 95% intervals _lo.._hi (bif_corr's on Fisher's z); target_observable: what the source classes "
+            "influence (the source observable itself, or a class_bif `target`: its token classes, or one class named "
+            "after it)",
         ),
     ),
 )

@@ -64,7 +64,8 @@ KIND = AnalysisKind(
         FROM {scope} JOIN r_loss_kernel k ON k.key = sr.key
         JOIN r_tracked a ON a.key = sr.parent AND a.observable = k.observable AND a.sample_idx = k.i
         JOIN r_tracked b ON b.key = sr.parent AND b.observable = k.observable AND b.sample_idx = k.j""",
-            "loss kernel per checkpoint: Cov and Corr of losses (positive sign), with _se and 95% intervals _lo.._hi",
+            "loss kernel per checkpoint: Cov and Corr of losses (positive sign), with _se and 95% intervals _lo.._hi "
+            "(corr's on Fisher's z)",
         ),
     ),
 )

@@ -38,7 +38,10 @@ STORE_VIEWS: dict[str, tuple[str, str]] = {
         "the sweep block, short name and dotted path, its value as text and as a number (NULL unless numeric)",
     ),
 }
-LOSS_TRACES_DOC = "loss of every tracked sample (token position `pos`, 0 for per-sample losses) at every draw"
+LOSS_TRACES_DOC = (
+    "loss of every tracked sample (token position `pos`, 0 for per-sample losses) at every draw (DOUBLE; stored at "
+    "the study's dtype)"
+)
 
 
 def view_sql() -> dict[str, str]:
