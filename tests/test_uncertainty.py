@@ -159,6 +159,27 @@ def test_intervals_cover_the_exact_gaussian_regression_bif(gaussian):
     assert r["naive"][iu].mean() < LO  # teeth: ignoring autocorrelation fails the band (draws are 4 steps apart)
 
 
+def test_correlation_intervals_cover_the_exact_gaussian_regression(gaussian):
+    """bif_corr = −Corr_ε(l_i, l_j) of the 66 pairs i < j (the truth: −Cov_ε over √(Var_ε·Var_ε)), its interval on
+    Fisher's z as the bif stage computes it: coverage in [0.90, 0.99] over 400 reps, every interval in [−1, 1].
+    Measured (seed 0): mean 0.946, min 0.920, max 0.975 over pairs with |Corr| 0.00-0.90."""
+    law = -gaussian["truth"]
+    truth = -law / np.sqrt(np.outer(np.diag(law), np.diag(law)))
+    los, his = [], []
+    for rep in gaussian["traces"]:
+        _, (corr, se, df) = jackknife(bif_matrices, rep, rep, scales=("raw", "fisher_z"))
+        lo, hi = interval(corr, se, df, "fisher_z")
+        los.append(lo.numpy())
+        his.append(hi.numpy())
+    lo, hi = np.array(los), np.array(his)
+    iu = np.triu_indices(N_A, k=1)
+    cov = np.mean((lo <= truth) & (truth <= hi), axis=0)[iu]
+    print(f"\n(a) −Corr coverage over {REPS_A} reps: mean {cov.mean():.4f} min {cov.min():.3f} max {cov.max():.3f}; "
+          f"|truth| {np.abs(truth[iu]).min():.2f}..{np.abs(truth[iu]).max():.2f}")  # fmt: skip
+    assert ((cov >= LO) & (cov <= HI)).all(), cov
+    assert (lo[:, iu[0], iu[1]] >= -1).all() and (hi[:, iu[0], iu[1]] <= 1).all()
+
+
 # ----------------------------------------------------------------------------- (b) the scalar fixture
 
 # SCIENCE.md §8: w* = 0, L(w) = w²/2, nβ = 2, γ = 2 ⇒ p(w) ∝ exp(−nβL − γw²/2) = N(0, 1/4), precision p = 4.
