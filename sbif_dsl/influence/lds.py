@@ -8,7 +8,9 @@ g is the first-order change of E_p[l_j] when the training loss (1/n)·Σ_i l_i i
 correlates positively with the measured loss. The scale and the offset do not change a correlation; they make g
 read as a predicted loss change. The interval is a bootstrap over subsets: a resample with counts c is the
 weighted correlation with weights c (ties from repeated subsets share their mean rank), so it is exact and runs
-without materializing the resampled lists. Everything in float64 numpy with a seeded generator: bitwise the same.
+without materializing the resampled lists. Its percentile interval needs no Fisher z (SCIENCE.md §8): every
+resample's LDS is a mean of correlations, so its quantiles lie in [−1, 1], and percentiles commute with the monotone
+atanh (tests/test_lds.py). Everything in float64 numpy with a seeded generator: bitwise the same.
 """
 
 from __future__ import annotations

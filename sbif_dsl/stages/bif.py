@@ -53,9 +53,12 @@ def read_matrices(inputs: Inputs, key: str) -> dict:
         return {n: (z[n], z[f"{n}_se"], int(z[f"{n}_df"])) for n in ("bif_cov", "bif_corr")}
 
 
-def bif_rows(source: str, target: str, estimates: dict) -> dict:
+CORR_SCALE = {"bif_corr": "fisher_z"}  # the scale of each estimate's interval (raw unless named)
+
+
+def bif_rows(source: str, target: str, estimates: dict, scales: dict | None = None) -> dict:
     """Rows of r_bif-shaped tables: one per (source, target) pair, row-major, each estimate with its SE and 95%
-    interval."""
+    interval (on its scale in `scales`, raw unless named)."""
     i, j = pairs(*next(iter(estimates.values()))[0].shape)
     rows = {
         "source_observable": [source] * i.size,
@@ -64,7 +67,7 @@ def bif_rows(source: str, target: str, estimates: dict) -> dict:
         "target_idx": j,
     }
     for name, (theta, se, df) in estimates.items():
-        rows.update(estimate_rows(name, theta, se, df))
+        rows.update(estimate_rows(name, theta, se, df, (scales or {}).get(name, "raw")))
     return rows
 
 
@@ -77,11 +80,11 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     source = a["source"]
     target = a["target"] or source
     (cov, cov_se, df), (corr, corr_se, _) = jackknife(
-        bif_matrices, per_sample(traces[source]), per_sample(traces[target])
-    )  # (n, q) each: -Cov, -Corr and their jackknife-over-chains SEs
+        bif_matrices, per_sample(traces[source]), per_sample(traces[target]), scales=("raw", "fisher_z")
+    )  # (n, q) each: -Cov, -Corr and their jackknife-over-chains SEs (-Corr's on Fisher's z)
     estimates = {"bif_cov": (cov.numpy(), cov_se.numpy(), df), "bif_corr": (corr.numpy(), corr_se.numpy(), df)}
     write_matrices(out_dir / "bif.npz", estimates)
-    rows = bif_rows(source, target, estimates)
+    rows = bif_rows(source, target, estimates, CORR_SCALE)
     return StageOutput(
         tables={"r_bif": {**rows, "value": rows["bif_corr"] if a["normalize"] == "pearson" else rows["bif_cov"]}},
         artifacts={"bif.npz": out_dir / "bif.npz"},
@@ -111,8 +114,9 @@ def pair_view(table: str, extra: str = "") -> str:
 
 KIND = AnalysisKind(
     name="bif",
-    # 3: standard errors and 95% intervals (jackknife over chains); 2: keyed on its declared fields (no name)
-    version=3,
+    # 4: bif_corr's interval on Fisher's z (inside [-1, 1]), its _se the delta-method (1 - r²)·SE_z; 3: standard
+    # errors and 95% intervals (jackknife over chains); 2: keyed on its declared fields (no name)
+    version=4,
     run="sbif_dsl.stages.bif:run",
     spec=BifAnalysis,
     attach="sample",
@@ -124,7 +128,7 @@ KIND = AnalysisKind(
             "bif",
             pair_view("r_bif", ", b.value"),
             "BIF per checkpoint and sample pair: bif_cov = -Cov, bif_corr = -Corr (negative = helpful), each with "
-            "_se (jackknife over chains) and the 95% interval _lo.._hi",
+            "_se (jackknife over chains) and the 95% interval _lo.._hi (bif_corr's on Fisher's z, inside [-1, 1])",
         ),
     ),
 )

@@ -32,6 +32,9 @@ class ClassBifAnalysis(Base):
     )
 
 
+SCALES = ("raw", "fisher_z")  # -Cov's interval raw, -Corr's (a block mean of correlations) on Fisher's z
+
+
 def token_set_params(rt, analysis) -> dict:
     """The data set of the analysed observable, which must hold token sequences (shared by the LM analyses)."""
     from . import tokens
@@ -56,7 +59,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     if target == observable:
         target_names, target_masks = names, flat_masks
         (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
-            lambda t: class_bif(t.reshape(t.shape[0], t.shape[1], -1), flat_masks), trace
+            lambda t: class_bif(t.reshape(t.shape[0], t.shape[1], -1), flat_masks), trace, scales=SCALES
         )  # (classes, classes) each
     else:
         phi = traces[target]
@@ -65,7 +68,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         both = torch.cat([trace.reshape(c, d, -1), phi.reshape(c, d, -1)], dim=2)  # one jackknife over chains
         split = flat_masks.shape[1]
         (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
-            lambda t: class_bif_cross(t[:, :, :split], flat_masks, t[:, :, split:], target_masks), both
+            lambda t: class_bif_cross(t[:, :, :split], flat_masks, t[:, :, split:], target_masks), both, scales=SCALES
         )  # (classes, target classes) each
     sizes = flat_masks.sum(dim=1).tolist()
     target_sizes = target_masks.sum(dim=1).tolist()
@@ -78,7 +81,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
                 "source_class": [names[k] for k in i],
                 "target_class": [target_names[k] for k in j],
                 **estimate_rows("bif_cov", neg_cov, cov_se, df),
-                **estimate_rows("bif_corr", neg_corr, corr_se, df),
+                **estimate_rows("bif_corr", neg_corr, corr_se, df, "fisher_z"),
                 "n_source": [sizes[k] for k in i],
                 "n_target": [int(target_sizes[k]) for k in j],
             }
@@ -119,8 +122,9 @@ def target_problems(study, index: int, analysis) -> list:
 
 KIND = AnalysisKind(
     name="class_bif",
-    # 4: standard errors and 95% intervals; 3: keyed on its declared fields (no name); 2: masks are an input
-    version=4,
+    # 5: bif_corr's interval on Fisher's z (inside [-1, 1]), its _se the delta-method (1 - r²)·SE_z; 4: standard
+    # errors and 95% intervals; 3: keyed on its declared fields (no name); 2: masks are an input
+    version=5,
     run="sbif_dsl.stages.class_bif:run",
     spec=ClassBifAnalysis,
     attach="sample",
@@ -146,8 +150,9 @@ KIND = AnalysisKind(
                b.bif_corr_hi, coalesce(b.target_observable, b.observable) AS target_observable
         FROM {scope} JOIN r_class_bif b ON b.key = sr.key""",
             "class x class token influence per checkpoint: bif_cov = -Cov, bif_corr = -Corr (block means), with _se "
-            "and 95% intervals _lo.._hi; target_observable: what the source classes influence (the source "
-            "observable itself, or a class_bif `target`: its token classes, or one class named after it)",
+            "and 95% intervals _lo.._hi (bif_corr's on Fisher's z); target_observable: what the source classes "
+            "influence (the source observable itself, or a class_bif `target`: its token classes, or one class named "
+            "after it)",
         ),
     ),
 )

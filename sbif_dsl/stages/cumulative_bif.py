@@ -7,8 +7,9 @@ rule between checkpoint steps t_0 < ... < t_k (the segment before t_0 counts BIF
     C_ij(t_k) = BIF_ij(t_0)·t_0 + Σ_{m=1..k} (BIF_ij(t_{m−1}) + BIF_ij(t_m))/2 · (t_m − t_{m−1})
 
 for both bif_cov and bif_corr, with SE² = Σ w_j²·SE_j² (the checkpoints' chains are independent) and t intervals
-with the fewest degrees of freedom of its terms. Sign as the BIF (negative = helpful). Its scale is steps × BIF,
-so compare it with LOO by correlation (`agreement` with `bif: <this analysis>`), not by value.
+with the fewest degrees of freedom of its terms (on the raw scale, bif_corr's too: steps × Corr is no correlation;
+its terms' SEs are the bif stages' delta-method ones). Sign as the BIF (negative = helpful). Its scale is
+steps × BIF, so compare it with LOO by correlation (`agreement` with `bif: <this analysis>`), not by value.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
 KIND = AnalysisKind(
     name="cumulative_bif",
-    version=2,  # 2: standard errors (from the bif stages', in quadrature) and 95% intervals
+    # 3: bif_corr's SE from the bif stages' delta-method SEs (bif version 4); 2: standard errors (from the bif
+    # stages', in quadrature) and 95% intervals
+    version=3,
     run="sbif_dsl.stages.cumulative_bif:run",
     spec=CumulativeBifAnalysis,
     attach="study",

@@ -29,8 +29,8 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
     observable = stage.params["observable"]
     (cov, cov_se, df), (corr, corr_se, _) = jackknife(
-        loss_kernel, per_sample(read_traces(inputs, stage.inputs[0])[observable])
-    )  # (n, n) each
+        loss_kernel, per_sample(read_traces(inputs, stage.inputs[0])[observable]), scales=("raw", "fisher_z")
+    )  # (n, n) each; corr's SE and interval on Fisher's z
     i, j = pairs(*cov.shape)
     return StageOutput(
         tables={
@@ -39,7 +39,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
                 "i": i,
                 "j": j,
                 **estimate_rows("cov", cov, cov_se, df),
-                **estimate_rows("corr", corr, corr_se, df),
+                **estimate_rows("corr", corr, corr_se, df, "fisher_z"),
             }
         }
     )
@@ -47,7 +47,9 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
 KIND = AnalysisKind(
     name="loss_kernel",
-    version=3,  # 3: standard errors and 95% intervals; 2: keyed on its declared fields (no name)
+    # 4: corr's interval on Fisher's z (inside [-1, 1]), its _se the delta-method (1 - r²)·SE_z; 3: standard errors
+    # and 95% intervals; 2: keyed on its declared fields (no name)
+    version=4,
     run="sbif_dsl.stages.loss_kernel:run",
     spec=LossKernelAnalysis,
     attach="sample",
@@ -62,7 +64,8 @@ KIND = AnalysisKind(
         FROM {scope} JOIN r_loss_kernel k ON k.key = sr.key
         JOIN r_tracked a ON a.key = sr.parent AND a.observable = k.observable AND a.sample_idx = k.i
         JOIN r_tracked b ON b.key = sr.parent AND b.observable = k.observable AND b.sample_idx = k.j""",
-            "loss kernel per checkpoint: Cov and Corr of losses (positive sign), with _se and 95% intervals _lo.._hi",
+            "loss kernel per checkpoint: Cov and Corr of losses (positive sign), with _se and 95% intervals _lo.._hi "
+            "(corr's on Fisher's z)",
         ),
     ),
 )

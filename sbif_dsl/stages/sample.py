@@ -79,8 +79,9 @@ def build(rt, checkpoint: Stage, dataset_key: str) -> Stage:
     )
 
 
-def _write_traces(path: Path, traces: dict) -> None:
-    """Long format in (chain, draw, sample, pos) order, so reading back is a reshape."""
+def _write_traces(path: Path, traces: dict, dtype: str) -> None:
+    """Long format in (chain, draw, sample, pos) order, so reading back is a reshape; losses at the study's
+    dtype (float64 kept bitwise; float32 otherwise, bfloat16-precision runs included)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -98,7 +99,7 @@ def _write_traces(path: Path, traces: dict) -> None:
                     "pos": pos,
                     "chain": chain,
                     "draw": draw,
-                    "loss": arr4.astype(np.float32, copy=False).ravel(),
+                    "loss": arr4.astype(np.float64 if dtype == "float64" else np.float32, copy=False).ravel(),
                 }
             )
         )
@@ -180,7 +181,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     values = tracking.split(batches, res.traces)
     traces = {s.name: values[s.name].numpy() for s in specs}
     summary = {"init_loss": res.init_loss, "nbeta": cfg.nbeta, "shapes": {k: list(v.shape) for k, v in traces.items()}}
-    _write_traces(out_dir / "traces.parquet", traces)
+    _write_traces(out_dir / "traces.parquet", traces, p["dtype"])
     (out_dir / "summary.json").write_text(json.dumps(summary))
     bl = res.batch_losses.to(torch.float64).numpy()  # (chains, draws)
     np.save(out_dir / "batch_losses.npy", bl)
@@ -223,8 +224,9 @@ DIAGNOSTICS_DOC = (
 
 KIND = Kind(
     name="sample",
-    # 6: the schedule run (r_schedule, r_schedule_rounds; eps/draws auto), geometry screens (‖∇L(w*)‖, grad_sd) beside
-    # the convergence screens, geometry/convergence verdicts, ESS judged per chain; 5: convergence screens (split-R̂,
+    # 6: traces stored at the study's dtype (a float64 study's were cast to float32, losing its last digits); the
+    # schedule run (r_schedule, r_schedule_rounds; eps/draws auto); geometry screens (‖∇L(w*)‖, grad_sd) beside the
+    # convergence screens, geometry/convergence verdicts, ESS judged per chain; 5: convergence screens (split-R̂,
     # ESS, drift, verdict) in r_diagnostics, which also holds what r_trace_mixing held (trace_mixing is a view over
     # it); 4: keyed sampler fields declared by the spec (rmsprop settings only for rmsprop_sgld), trace mixing
     # computed here; 3: device in the key is the spec's, batch losses are an artifact, no wall time in summary.json

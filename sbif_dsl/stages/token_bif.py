@@ -53,8 +53,10 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     seqs = [index[s] for s in a["sequences"]]
     sl = trace[:, :, seqs][:, :, :, positions]  # (chains, draws, n_seq, n_pos)
     (neg_cov, cov_se, df), (neg_corr, corr_se, _) = jackknife(
-        lambda x: bif_matrices(x.reshape(*x.shape[:2], -1), x.reshape(*x.shape[:2], -1)), sl
-    )  # (k, k) each
+        lambda x: bif_matrices(x.reshape(*x.shape[:2], -1), x.reshape(*x.shape[:2], -1)),
+        sl,
+        scales=("raw", "fisher_z"),
+    )  # (k, k) each; -Corr's SE and interval on Fisher's z
     seq_idx = np.repeat(np.array(seqs, dtype=np.int32), len(positions))
     pos_idx = np.tile(np.array(positions, dtype=np.int32), len(seqs))
     i, j = (x.ravel() for x in np.indices(neg_cov.shape))
@@ -67,7 +69,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
                 "target_idx": seq_idx[j],
                 "target_pos": pos_idx[j],
                 **estimate_rows("bif_cov", neg_cov, cov_se, df),
-                **estimate_rows("bif_corr", neg_corr, corr_se, df),
+                **estimate_rows("bif_corr", neg_corr, corr_se, df, "fisher_z"),
             }
         }
     )
@@ -75,7 +77,9 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
 KIND = AnalysisKind(
     name="token_bif",
-    version=3,  # 3: standard errors and 95% intervals; 2: keyed on its declared fields (no name)
+    # 4: bif_corr's interval on Fisher's z (inside [-1, 1]), its _se the delta-method (1 - r²)·SE_z; 3: standard
+    # errors and 95% intervals; 2: keyed on its declared fields (no name)
+    version=4,
     run="sbif_dsl.stages.token_bif:run",
     spec=TokenBifAnalysis,
     attach="sample",

@@ -19,7 +19,8 @@ def read_summary(inputs: Inputs, sample_key: str) -> dict:
 
 
 def read_traces(inputs: Inputs, sample_key: str) -> dict[str, torch.Tensor]:
-    """Traces of a sample stage input as {observable: (chains, draws, n[, T])}."""
+    """Traces of a sample stage input as {observable: (chains, draws, n[, T])}, at the dtype they were stored at
+    (the study's: float64 or float32; float32 for caches before sample version 6)."""
     import numpy as np
     import pyarrow.parquet as pq
     import torch
@@ -59,17 +60,17 @@ def pairs(n: int, q: int):
     return i.ravel(), j.ravel()
 
 
-def estimate_rows(name: str, theta, se, df: int) -> dict:
-    """Columns `name`, `name_se`, `name_lo`, `name_hi` (the 95% interval) of an estimate, flattened row-major.
-    An SE that cannot be estimated (one short chain) is stored as NULL, never NaN (NaN compares as larger than
-    every number in DuckDB)."""
+def estimate_rows(name: str, theta, se, df: int, scale: str = "raw") -> dict:
+    """Columns `name`, `name_se`, `name_lo`, `name_hi` (the 95% interval on `scale`, "fisher_z" for a
+    correlation: `influence/uncertainty.py`) of an estimate, flattened row-major. An SE that cannot be
+    estimated (one short chain) is stored as NULL, never NaN (NaN compares as larger than every number in DuckDB)."""
     import pyarrow as pa
     import torch
 
     from ..influence.uncertainty import interval
 
     theta, se = torch.as_tensor(theta), torch.as_tensor(se)
-    lo, hi = interval(theta, se, df)
+    lo, hi = interval(theta, se, df, scale)
 
     def col(x):
         return pa.array(x.to(torch.float64).numpy().ravel(), from_pandas=True)

@@ -38,7 +38,10 @@ STORE_VIEWS: dict[str, tuple[str, str]] = {
         "the sweep block, short name and dotted path, its value as text and as a number (NULL unless numeric)",
     ),
 }
-LOSS_TRACES_DOC = "loss of every tracked sample (token position `pos`, 0 for per-sample losses) at every draw"
+LOSS_TRACES_DOC = (
+    "loss of every tracked sample (token position `pos`, 0 for per-sample losses) at every draw (DOUBLE; stored at "
+    "the study's dtype)"
+)
 
 
 def view_sql() -> dict[str, str]:
@@ -66,12 +69,14 @@ def traces_view_sql(objects_dir: Path) -> str:
     if not files:
         return """SELECT NULL::VARCHAR AS study, NULL::BIGINT AS step, NULL::VARCHAR AS observable,
                   NULL::INTEGER AS sample_idx, NULL::VARCHAR AS sample_name, NULL::INTEGER AS pos,
-                  NULL::INTEGER AS chain, NULL::INTEGER AS draw, NULL::FLOAT AS loss WHERE false"""
+                  NULL::INTEGER AS chain, NULL::INTEGER AS draw, NULL::DOUBLE AS loss WHERE false"""
     pattern = str(objects_dir / "*" / "*" / "traces.parquet").replace("'", "''")
-    # objects/<kk>/<key>[.g<n>]/traces.parquet; only the generation the registry holds (a replaced one may linger)
+    # objects/<kk>/<key>[.g<n>]/traces.parquet; only the generation the registry holds (a replaced one may linger).
+    # Losses are float32 or float64 (the study's dtype): union_by_name widens, so no file's are cast to the first's.
     return f"""
-        SELECT ss.study, sr.step, t.observable, t.sample_idx, k.sample_name, t.pos, t.chain, t.draw, t.loss
-        FROM read_parquet('{pattern}', filename = true) t
+        SELECT ss.study, sr.step, t.observable, t.sample_idx, k.sample_name, t.pos, t.chain, t.draw,
+               t.loss::DOUBLE AS loss
+        FROM read_parquet('{pattern}', filename = true, union_by_name = true) t
         JOIN {SCOPE} ON sr.key = split_part(split_part(replace(t.filename, '\\', '/'), '/', -2), '.', 1)
         JOIN artifacts a ON a.key = sr.key AND a.name = 'traces.parquet'
                         AND ends_with(replace(t.filename, '\\', '/'), '/' || a.relpath)
