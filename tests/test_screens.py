@@ -47,14 +47,32 @@ def test_iid_normal_chains_look_converged():
     assert screens.verdict(_rows(x)) == ("ok", "")
 
 
-def test_split_rhat_matches_its_formula_by_hand():
-    x = np.random.default_rng(1).normal(size=(3, 9))  # odd: the middle draw of each chain is dropped
-    halves = [c[:4] for c in x] + [c[5:] for c in x]
-    n = 4
+def _plain_split_rhat(x: np.ndarray) -> float:
+    """BDA3 eq. 11.4 by hand, over halves of (chains, draws): the R̂ the screens used before ArviZ's."""
+    half = x.shape[1] // 2
+    halves = [c[:half] for c in x] + [c[x.shape[1] - half :] for c in x]
     w = np.mean([np.var(h, ddof=1) for h in halves])
     b_over_n = np.var([np.mean(h) for h in halves], ddof=1)
-    assert float(screens.split_rhat(x)) == pytest.approx(math.sqrt(((n - 1) / n * w + b_over_n) / w), rel=1e-12)
+    return math.sqrt(((half - 1) / half * w + b_over_n) / w)
+
+
+def test_rhat_and_ess_are_arvizs_rank_normalized_ones():
+    """split_rhat is ArviZ's rank-normalized R̂ (bulk and folded), ESS its bulk and tail ESS; the basic ESS kept for
+    the drift's τ is ArviZ's `mean` ESS. The folded R̂ sees chains that agree in mean but not in scale, which the
+    plain split-R̂ of BDA3 misses."""
+    from arviz_stats.base import array_stats as az
+
+    rng = np.random.default_rng(1)
+    x = _ar1(rng, 0.5, 4, 500)
+    assert float(screens.split_rhat(x)) == float(az.rhat(x, method="rank"))
+    bulk, tail = screens.bulk_tail_ess(x)
+    assert bulk == float(az.ess(x, method="bulk")) and tail == float(az.ess(x, method="tail", prob=(0.05, 0.95)))
+    assert screens.ess(x) == pytest.approx(float(az.ess(x, method="mean")), rel=1e-10)
+    assert _plain_split_rhat(x) == pytest.approx(float(screens.split_rhat(x)), abs=0.01)  # agree on normal chains
+    scales = rng.normal(size=(4, 1000)) * np.array([1.0, 1.0, 1.0, 3.0])[:, None]  # same mean, one wide chain
+    assert _plain_split_rhat(scales) < 1.01 < float(screens.split_rhat(scales))
     assert np.isnan(screens.split_rhat(x[:, :3])) and np.isnan(screens.split_rhat(np.ones((2, 10))))
+    assert all(math.isnan(v) for v in screens.bulk_tail_ess(np.ones((2, 50))))
 
 
 def test_ess_of_ar1_chains_matches_their_autocorrelation_time():

@@ -246,9 +246,9 @@ KIND = Kind(
         Table(
             "r_diagnostics",
             "series VARCHAR, observable VARCHAR, chain INTEGER, chains INTEGER, draws INTEGER, rhat DOUBLE, "
-            "rhat_max DOUBLE, rhat_median DOUBLE, ess DOUBLE, lag1_autocorr DOUBLE, ess_ar1 DOUBLE, drift DOUBLE, "
-            "change DOUBLE, rise_sd DOUBLE, grad_norm DOUBLE, grad_sd DOUBLE, verdict VARCHAR, reason VARCHAR, "
-            "geometry VARCHAR, convergence VARCHAR",
+            "rhat_max DOUBLE, rhat_median DOUBLE, ess DOUBLE, ess_tail DOUBLE, lag1_autocorr DOUBLE, ess_ar1 DOUBLE, "
+            "drift DOUBLE, change DOUBLE, rise_sd DOUBLE, grad_norm DOUBLE, grad_sd DOUBLE, verdict VARCHAR, "
+            "reason VARCHAR, geometry VARCHAR, convergence VARCHAR",
         ),
     ),
     views=(
@@ -283,7 +283,7 @@ KIND = Kind(
             "diagnostics",
             """
         SELECT ss.study, sr.step, d.series, d.observable, d.chain, d.chains, d.draws, d.rhat, d.rhat_max,
-               d.rhat_median, d.ess, d.lag1_autocorr, d.ess_ar1, d.drift, d.change, d.rise_sd, d.grad_norm,
+               d.rhat_median, d.ess, d.ess_tail, d.lag1_autocorr, d.ess_ar1, d.drift, d.change, d.rise_sd, d.grad_norm,
                d.grad_sd, d.verdict, d.reason, d.geometry, d.convergence
         FROM {scope} JOIN r_diagnostics d ON d.key = sr.key""",
             DIAGNOSTICS_DOC,
