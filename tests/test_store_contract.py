@@ -520,3 +520,25 @@ def test_a_cache_from_before_its_own_objects_folder_keeps_working_and_gc_spares_
     assert theirs.read_bytes() == b"not ours"
     assert not (root / "objects" / dropped.key[:2] / dropped.key / "a.bin").exists()
     assert old.artifact(kept.key, "a.bin", verify=True).read_bytes() == kept.key.encode()
+
+
+def test_an_older_cache_reads_newer_columns_as_null_until_its_next_write(tmp_path):
+    """A cache written before a result table gained columns (or before a table existed) answers every view on a
+    read-only connection, the missing columns NULL and the missing tables empty; its next write migrates it."""
+    store = Store(tmp_path / "c.duckdb")
+    store.init()
+    with duckdb.connect(str(store.db_path)) as con:  # what an older version left: fewer columns, no r_schedule
+        con.execute("ALTER TABLE r_diagnostics DROP COLUMN ess_tail")
+        con.execute("DROP TABLE r_schedule")
+        con.execute(
+            "INSERT INTO r_diagnostics (key, series, chains, draws, rhat) VALUES ('k' || repeat('0', 63), 'minibatch', "
+            "4, 100, 1.001)"
+        )
+    with store.connect(read_only=True) as con:
+        assert con.execute("SELECT ess_tail, rhat FROM r_diagnostics").fetchall() == [(None, 1.001)]
+        assert con.execute("SELECT count(*) FROM diagnostics").fetchone() == (0,)  # no study references it
+        assert con.execute("SELECT count(*) FROM sampler_schedule").fetchone() == (0,)
+    store.init()  # a write migrates
+    with duckdb.connect(str(store.db_path), read_only=True) as con:
+        cols = {r[0] for r in con.execute("DESCRIBE r_diagnostics").fetchall()}
+        assert "ess_tail" in cols and con.execute("SELECT count(*) FROM r_schedule").fetchone() == (0,)

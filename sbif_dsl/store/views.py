@@ -84,8 +84,10 @@ def traces_view_sql(objects_dir: Path) -> str:
 
 
 def _temp_missing_tables(con) -> None:
-    """A cache written by an older version lacks newer r_* tables until its next write: give a (read-only)
-    connection empty TEMP stand-ins, so every view exists and simply shows no rows for them."""
+    """A cache written by an older version lacks newer r_* tables, and newer columns of its tables, until its next
+    write (`schema.migrate`): give a (read-only) connection empty TEMP stand-ins for the tables, and TEMP views
+    over the tables that add the missing columns as NULL, so every view exists and shows NULL where the old
+    version wrote nothing."""
     from .schema import LATER_REGISTRY, result_tables
 
     have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE NOT temporary").fetchall()}
@@ -93,6 +95,19 @@ def _temp_missing_tables(con) -> None:
     for name, text in ddl.items():
         if name not in have:
             con.execute(text.replace("CREATE TABLE IF NOT EXISTS", "CREATE TEMP TABLE IF NOT EXISTS", 1))
+    columns: dict[str, set[str]] = {}
+    sql = (
+        "SELECT table_name, column_name FROM duckdb_columns() "
+        "WHERE NOT internal AND schema_name = 'main' AND database_name = current_database()"
+    )
+    for table, column in con.execute(sql).fetchall():
+        columns.setdefault(table, set()).add(column)
+    db = con.execute("SELECT current_database()").fetchone()[0]
+    for t in result_tables():
+        missing = [(c, typ) for c, typ in t.column_types() if t.name in have and c not in columns.get(t.name, ())]
+        if missing:
+            extra = ", ".join(f"NULL::{typ} AS {c}" for c, typ in missing)
+            con.execute(f'CREATE OR REPLACE TEMP VIEW {t.name} AS SELECT *, {extra} FROM "{db}".main.{t.name}')
 
 
 def _study_scope(con) -> str:
