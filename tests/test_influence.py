@@ -44,14 +44,22 @@ def test_class_bif_equals_block_means_of_token_matrix():
     masks = torch.rand(4, 40, generator=g) < 0.35  # overlapping classes
     masks[3] = False
     masks[3, :3] = True
+    masks = torch.cat([masks, torch.zeros(1, 40, dtype=torch.bool)])
+    masks[4, 7] = True  # a one-token class: no pair of distinct tokens within it
     neg_cov, neg_corr = bif_matrices(t, t)  # (40, 40) brute force
+    distinct = ~torch.eye(40, dtype=torch.bool)  # a token is not its own influence: the diagonal is left out
     for chunk in (7, 1 << 16):
         cls_cov, cls_corr = class_bif(t, masks, chunk=chunk)
-        for a in range(4):
-            for b in range(4):
-                block = masks[a][:, None] & masks[b][None, :]
+        for a in range(5):
+            for b in range(5):
+                block = masks[a][:, None] & masks[b][None, :] & distinct
+                if not block.any():
+                    assert a == b == 4 and cls_cov[a, b].isnan() and cls_corr[a, b].isnan()
+                    continue
                 assert torch.allclose(cls_cov[a, b], neg_cov[block].mean(), atol=1e-12)
                 assert torch.allclose(cls_corr[a, b], neg_corr[block].mean(), atol=1e-12)
+    with_diagonal = neg_corr[masks[3][:, None] & masks[3][None, :]].mean()  # what the blocks held before
+    assert cls_corr[3, 3] > with_diagonal + 0.2  # 3 tokens: the −1 self-pairs were a third of the block
 
 
 def test_class_bif_cross_equals_block_means_of_the_source_target_matrix():

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -41,30 +44,52 @@ def loss_kernel(traces: Tensor) -> tuple[Tensor, Tensor]:
     return _cov_corr(pooled, pooled)
 
 
-def _class_sums(x: Tensor, masks: Tensor, chunk: int) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-class sums of the centered and of the standardized traces, (classes, N) each, and the class sizes.
-    x: (N, tokens) pooled draws; masks: (classes, tokens). Tokens are standardized in chunks (memory
-    O(draws · (classes + chunk))); a token with zero variance has z = 0 (its Corr is defined as 0)."""
+def _class_sums(x: Tensor, masks: Tensor, chunk: int) -> ClassSums:
+    """Per-class sums of the centered and of the standardized traces, (classes, N) each, the class sizes, and the
+    self-pair terms of every class pair (a token paired with itself: its variance, and 1 for its correlation where
+    its variance is nonzero, over the tokens in both classes). x: (N, tokens) pooled draws; masks: (classes,
+    tokens). Tokens are standardized in chunks (memory O(draws · (classes + chunk))); a token with zero variance has
+    z = 0 (its Corr is defined as 0)."""
     n_draws, n_tokens = x.shape
     k = masks.shape[0]
-    sum_c = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)
-    sum_z = torch.zeros(k, n_draws, dtype=torch.float64, device=x.device)
+    f64 = {"dtype": torch.float64, "device": x.device}
+    sum_c, sum_z = torch.zeros(k, n_draws, **f64), torch.zeros(k, n_draws, **f64)
+    self_cov, self_corr, overlap = torch.zeros(k, k, **f64), torch.zeros(k, k, **f64), torch.zeros(k, k, **f64)
     for s in range(0, n_tokens, chunk):
         xb = x[:, s : s + chunk].to(torch.float64)  # (N, b)
         xc = xb - xb.mean(dim=0, keepdim=True)  # (N, b)
-        sd = xc.pow(2).sum(dim=0).div(n_draws - 1).sqrt()  # (b,)
+        var = xc.pow(2).sum(dim=0).div(n_draws - 1)  # (b,)
+        sd = var.sqrt()
         z = torch.where(sd > 0, xc / sd.clamp_min(torch.finfo(sd.dtype).tiny), torch.zeros_like(xc))  # (N, b)
-        m = masks[:, s : s + chunk].to(device=x.device, dtype=torch.float64)  # (classes, b)
+        m = masks[:, s : s + chunk].to(**f64)  # (classes, b)
         sum_c += m @ xc.T
         sum_z += m @ z.T
-    sizes = masks.sum(dim=1).to(device=x.device, dtype=torch.float64).clamp_min(1)  # (classes,)
-    return sum_c, sum_z, sizes
+        self_cov += (m * var) @ m.T
+        self_corr += (m * (sd > 0)) @ m.T
+        overlap += m @ m.T
+    sizes = masks.sum(dim=1).to(**f64)  # (classes,)
+    return ClassSums(sum_c, sum_z, sizes, self_cov, self_corr, overlap)
+
+
+@dataclass
+class ClassSums:
+    """What `_class_sums` accumulates in one pass over the tokens."""
+
+    centered: Tensor  # (classes, N) Σ_{a∈A} (l_a − mean)
+    standardized: Tensor  # (classes, N) Σ_{a∈A} z_a
+    sizes: Tensor  # (classes,) |A|
+    self_cov: Tensor  # (classes, classes) Σ_{t∈A∩B} Var(l_t)
+    self_corr: Tensor  # (classes, classes) #{t ∈ A∩B: Var(l_t) > 0}
+    overlap: Tensor  # (classes, classes) |A∩B|
 
 
 def class_bif(traces: Tensor, masks: Tensor, chunk: int = 1 << 16) -> tuple[Tensor, Tensor]:
-    """Class × class BIF in memory linear in tokens: the block means of the token × token -Cov and -Corr.
+    """Class × class BIF in memory linear in tokens: the block means of the token × token −Cov and −Corr over
+    pairs of distinct tokens (a token is not its own influence: −Var(l_a) and −1 would weigh a small class's
+    within-class mean by 1/|A|).
 
-    mean_{a∈A,b∈B} Corr(l_a, l_b) = Cov(Σ_a z_a, Σ_b z_b) / (|A|·|B|)   (SCIENCE.md §1), z = standardized trace.
+    mean_{a∈A, b∈B, a≠b} Corr(l_a, l_b) = (Cov(Σ_a z_a, Σ_b z_b) − #{t ∈ A∩B}) / (|A|·|B| − |A∩B|)  (SCIENCE.md §1),
+    z = standardized trace; a class pair without distinct pairs (a one-token class with itself) is NaN.
     traces: (chains, draws, tokens); masks: (classes, tokens) bool. Returns (classes, classes) float64 matrices.
     """
     return class_bif_cross(traces, masks, traces, masks, chunk)
@@ -75,12 +100,18 @@ def class_bif_cross(
 ) -> tuple[Tensor, Tensor]:
     """Source class × target class BIF between two traces over the same draws (e.g. training-token losses and a
     per-token or scalar observable φ): the block means of −Cov(l_a, φ_b) and −Corr(l_a, φ_b), linear in tokens.
+    Where the target is the source itself (same traces and masks: `class_bif`), the self-pairs a = b are left out.
 
     source: (chains, draws, tokens) with source_masks (classes, tokens); target: (chains, draws, items) with
     target_masks (target classes, items). Returns (classes, target classes) float64 matrices."""
     c, d = source.shape[:2]
-    cs, zs, ns = _class_sums(source.reshape(c * d, -1), source_masks, chunk)
+    src = _class_sums(source.reshape(c * d, -1), source_masks, chunk)
     same = target is source and target_masks is source_masks
-    ct, zt, nt = (cs, zs, ns) if same else _class_sums(target.reshape(c * d, -1), target_masks, chunk)
-    norm = ns[:, None] * nt[None, :] * (c * d - 1)
-    return -(cs @ ct.T) / norm, -(zs @ zt.T) / norm
+    tgt = src if same else _class_sums(target.reshape(c * d, -1), target_masks, chunk)
+    cov = src.centered @ tgt.centered.T / (c * d - 1)  # Σ over all token pairs of Cov
+    corr = src.standardized @ tgt.standardized.T / (c * d - 1)
+    pairs = src.sizes[:, None] * tgt.sizes[None, :]
+    if same:
+        cov, corr, pairs = cov - src.self_cov, corr - src.self_corr, pairs - src.overlap
+    pairs = torch.where(pairs > 0, pairs, torch.full_like(pairs, math.nan))  # no pair: NaN, not 0/0 noise
+    return -cov / pairs, -corr / pairs

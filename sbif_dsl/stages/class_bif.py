@@ -122,9 +122,10 @@ def target_problems(study, index: int, analysis) -> list:
 
 KIND = AnalysisKind(
     name="class_bif",
-    # 5: bif_corr's interval on Fisher's z (inside [-1, 1]), its _se the delta-method (1 - r²)·SE_z; 4: standard
-    # errors and 95% intervals; 3: keyed on its declared fields (no name); 2: masks are an input
-    version=5,
+    # 6: within-class blocks over distinct token pairs (the self-pairs a = b, −Var(l_a) and −1, left out; a one-token
+    # class with itself is NULL); 5: bif_corr's interval on Fisher's z (inside [-1, 1]), its _se the delta-method (1 -
+    # r²)·SE_z; 4: standard errors and 95% intervals; 3: keyed on its declared fields (no name); 2: masks are an input
+    version=6,
     run="sbif_dsl.stages.class_bif:run",
     spec=ClassBifAnalysis,
     attach="sample",

@@ -62,8 +62,9 @@ def pairs(n: int, q: int):
 
 def estimate_rows(name: str, theta, se, df: int, scale: str = "raw") -> dict:
     """Columns `name`, `name_se`, `name_lo`, `name_hi` (the 95% interval on `scale`, "fisher_z" for a
-    correlation: `influence/uncertainty.py`) of an estimate, flattened row-major. An SE that cannot be
-    estimated (one short chain) is stored as NULL, never NaN (NaN compares as larger than every number in DuckDB)."""
+    correlation: `influence/uncertainty.py`) of an estimate, flattened row-major. An estimate or SE that is
+    undefined (a class without distinct token pairs; one short chain) is stored as NULL, never NaN (NaN compares as
+    larger than every number in DuckDB)."""
     import pyarrow as pa
     import torch
 
@@ -75,5 +76,4 @@ def estimate_rows(name: str, theta, se, df: int, scale: str = "raw") -> dict:
     def col(x):
         return pa.array(x.to(torch.float64).numpy().ravel(), from_pandas=True)
 
-    estimate = theta.to(torch.float64).numpy().ravel()
-    return {name: estimate, f"{name}_se": col(se), f"{name}_lo": col(lo), f"{name}_hi": col(hi)}
+    return {name: col(theta), f"{name}_se": col(se), f"{name}_lo": col(lo), f"{name}_hi": col(hi)}
