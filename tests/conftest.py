@@ -60,6 +60,17 @@ analyses:
 DEMO_SPEC = REPO / "specs" / "toy_hierarchy.yaml"
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models are overhead-bound: extra intra-op threads only add contention (as Runtime.thread_policy)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory) -> Path:
     """The demo study (specs/toy_hierarchy.yaml as shipped), run once per session: read it, or `copy_cache` it."""

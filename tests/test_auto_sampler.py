@@ -16,14 +16,7 @@ from .conftest import TINY_SPEC, sbif, write_spec
 from .factories_for_tests import regression, squared
 
 F64 = torch.float64
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: extra threads only contend
 
 
 @functools.cache

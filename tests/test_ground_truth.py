@@ -24,16 +24,7 @@ from .factories_for_tests import regression
 F64 = torch.float64
 NBETA = default_nbeta(1000)  # 144.76, the field's default for a batch of 1000
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models are overhead-bound: extra intra-op threads only add contention (as Runtime.thread_policy)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 # ----------------------------------------------------------------------------- LLC: monomials

@@ -32,20 +32,11 @@ from sbif_dsl.influence.bif import bif_matrices
 from sbif_dsl.influence.uncertainty import jackknife
 from sbif_dsl.sampling import SGLDConfig, run_chains
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 F64 = torch.float64
 N, D, RHO, TRACKED, NBETA = 200, 10, 0.05, 40, 2000.0
 GROUPS = 16  # jackknife groups of chains (a delete-one-chain jackknife over 256 chains would cost 257 estimates)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A tiny model is overhead-bound: extra intra-op threads only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _losses(w, x, t):
