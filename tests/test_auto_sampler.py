@@ -144,3 +144,14 @@ def test_calibrate_asks_for_numbers_when_the_spec_is_auto(tmp_path):
     spec, cache = write_spec(tmp_path, AUTO), tmp_path / "c.duckdb"
     proc = sbif("calibrate", str(spec), "--checkpoint", "10", cache=cache, check=False)
     assert proc.returncode == 2 and "eps is auto" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_diverging_burn_in_fails_at_once():
+    """A fixed ε far too large with draws: auto: the burn-in's first window is non-finite and the run stops there
+    (NonFiniteError), instead of burning the whole max_burn_in budget on NaN."""
+    from sbif_dsl.errors import NonFiniteError
+
+    loss, params, train = _regression()
+    cfg = SGLDConfig(eps=50.0, gamma=0.0, nbeta=1e4, chains=2, draws=10)
+    with pytest.raises(NonFiniteError, match="chain 0 became non-finite"):
+        run_auto(loss, params, train, [train], cfg, AutoConfig(eps=False, draws=True, max_burn_in=10_000), seed=0)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..errors import NonFiniteError
 from .chains import ChainResult, Sampler, open_sampler
 from .config import SGLDConfig
 from .flat import ParamLossFn
@@ -197,6 +198,9 @@ def _burn_in(sampler: Sampler, policy: AutoConfig, clock: Progress, schedule: di
             clock.tick()
         steps += policy.window
         windows.append(torch.stack(losses, dim=1).numpy())  # (chains, window)
+        bad = ~np.isfinite(windows[-1]).all(axis=1)
+        if bad.any():  # before the first draw: reported at draw 0
+            raise NonFiniteError(int(bad.argmax()), 0)
         if len(windows) < 2 or steps < target:
             continue
         last = np.concatenate(windows[-2:], axis=1)  # (chains, 2·window)
