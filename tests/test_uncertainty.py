@@ -180,6 +180,39 @@ def test_correlation_intervals_cover_the_exact_gaussian_regression(gaussian):
     assert (lo[:, iu[0], iu[1]] >= -1).all() and (hi[:, iu[0], iu[1]] <= 1).all()
 
 
+def _binomial_band(reps: int, pairs: int, p: float = 0.95) -> tuple[float, float]:
+    """Where the mean coverage over `pairs` pairs of `reps` repetitions lies when every interval covers with
+    probability p: ±3.5 binomial SEs of one pair's coverage (the pairs share their chains, so their mean is no
+    steadier than one pair), around the nominal p."""
+    half = 3.5 * math.sqrt(p * (1 - p) / reps)
+    return p - half, p + half
+
+
+def test_intervals_at_four_chains_cover_the_exact_gaussian_regression(gaussian):
+    """The same chains as 800 repetitions of 4 chains (t with 3 degrees of freedom): −Cov and −Corr (Fisher's z)
+    intervals cover the stationary law per pair inside [0.90, 0.99] and on average inside the binomial band of
+    800 repetitions around 0.95."""
+    reps, chains = gaussian["traces"].shape[:2]
+    four = gaussian["traces"].reshape(reps * chains // 4, 4, *gaussian["traces"].shape[2:])
+    r = coverage(four, slice(None), slice(None), gaussian["truth"])
+    iu = np.triu_indices(N_A)
+    law = -gaussian["truth"]
+    truth_corr = -law / np.sqrt(np.outer(np.diag(law), np.diag(law)))
+    hits = []
+    for rep in four:
+        _, (corr, se, df) = jackknife(bif_matrices, rep, rep, scales=("raw", "fisher_z"))
+        lo, hi = interval(corr, se, df, "fisher_z")
+        hits.append((lo.numpy() <= truth_corr) & (truth_corr <= hi.numpy()))
+    iu1 = np.triu_indices(N_A, k=1)
+    corr_cov = np.mean(hits, axis=0)[iu1]
+    cov = r["coverage"][iu]
+    band = _binomial_band(len(four), len(cov))
+    print(f"\n(a) 4 chains × {len(four)} reps: −Cov mean {cov.mean():.4f} min {cov.min():.3f}; −Corr mean "
+          f"{corr_cov.mean():.4f} min {corr_cov.min():.3f}; band {band[0]:.3f}..{band[1]:.3f}")  # fmt: skip
+    assert ((cov >= LO) & (cov <= HI)).all() and band[0] <= cov.mean() <= band[1], cov
+    assert ((corr_cov >= LO) & (corr_cov <= HI)).all() and band[0] <= corr_cov.mean() <= band[1], corr_cov
+
+
 # ----------------------------------------------------------------------------- (b) the scalar fixture
 
 # SCIENCE.md §8: w* = 0, L(w) = w²/2, nβ = 2, γ = 2 ⇒ p(w) ∝ exp(−nβL − γw²/2) = N(0, 1/4), precision p = 4.
