@@ -281,3 +281,13 @@ def test_query_to_file(tmp_path, tiny_spec, cache_path, fmt):
     out = tmp_path / f"out.{fmt}"
     sbif("query", "SELECT * FROM llc_summary", "--format", fmt, "--out", str(out), cache=cache_path)
     assert "llc_mean" in out.read_text()
+
+
+def test_a_cache_in_the_working_folder_serves_its_traces(tmp_path):
+    """`--cache c.duckdb` (a bare file name: the cache's folder is "."): the loss_traces view finds its Parquet
+    files. It used to come back empty there, every other view intact (the file match needed a '/' before the
+    artifact's relative path)."""
+    write_spec(tmp_path)
+    sbif("run", "spec.yaml", "--cache", "c.duckdb", "-q", cwd=tmp_path)
+    out = sbif("query", "SELECT count(*) AS n FROM loss_traces", "--cache", "c.duckdb", "--format", "json", cwd=tmp_path)
+    assert json.loads(out.stdout)[0]["n"] == 3 * 3 * 20 * (4 + 2)  # checkpoints × chains × draws × (train + left)

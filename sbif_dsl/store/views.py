@@ -79,7 +79,7 @@ def traces_view_sql(objects_dir: Path) -> str:
         FROM read_parquet('{pattern}', filename = true, union_by_name = true) t
         JOIN {SCOPE} ON sr.key = split_part(split_part(replace(t.filename, '\\', '/'), '/', -2), '.', 1)
         JOIN artifacts a ON a.key = sr.key AND a.name = 'traces.parquet'
-                        AND ends_with(replace(t.filename, '\\', '/'), '/' || a.relpath)
+                        AND ends_with('/' || replace(t.filename, '\\', '/'), '/' || a.relpath)
         JOIN r_tracked k ON k.key = sr.key AND k.observable = t.observable AND k.sample_idx = t.sample_idx"""
 
 
