@@ -289,5 +289,6 @@ def test_a_cache_in_the_working_folder_serves_its_traces(tmp_path):
     artifact's relative path)."""
     write_spec(tmp_path)
     sbif("run", "spec.yaml", "--cache", "c.duckdb", "-q", cwd=tmp_path)
-    out = sbif("query", "SELECT count(*) AS n FROM loss_traces", "--cache", "c.duckdb", "--format", "json", cwd=tmp_path)
+    sql = "SELECT count(*) AS n FROM loss_traces"
+    out = sbif("query", sql, "--cache", "c.duckdb", "--format", "json", cwd=tmp_path)
     assert json.loads(out.stdout)[0]["n"] == 3 * 3 * 20 * (4 + 2)  # checkpoints × chains × draws × (train + left)
