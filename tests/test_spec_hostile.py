@@ -103,8 +103,8 @@ def test_shipped_and_test_specs_still_load(tmp_path):
 @pytest.mark.parametrize(
     "old, new, field, value",
     [
-        ("eps: 1.0e-5", "eps: 1e-5", "eps", 1e-5),  # PyYAML reads 1e-5 (no dot) as a string
-        ("eps: 1.0e-5", "eps: '5e-6'", "eps", 5e-6),
+        ("eps: auto", "eps: 1e-5", "eps", 1e-5),  # PyYAML reads 1e-5 (no dot) as a string
+        ("eps: auto", "eps: '5e-6'", "eps", 5e-6),
         ("gamma: 1.0e+5", "gamma: 100000", "gamma", 1e5),  # ints are numbers
         ("nbeta: 1.0e+4", "nbeta: 1e4", "nbeta", 1e4),
     ],
