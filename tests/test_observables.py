@@ -253,14 +253,17 @@ def test_output_and_induction_observables_of_a_language_model(tmp_path, cache_pa
     # (a per-token observable of the same set) or x one class named after a scalar observable
     cls = con.sql(
         "SELECT analysis, target_observable, count(DISTINCT source_class) AS s, count(DISTINCT target_class) AS t,"
-        " count(*) AS n, list(DISTINCT target_class) AS names, max(abs(bif_corr)) AS m, count(bif_corr_se) AS se"
+        " count(*) AS n, list(DISTINCT target_class) AS names, max(abs(bif_corr)) AS m, count(bif_corr_se) AS se,"
+        " count(bif_corr) AS defined, count(*) FILTER (n_source > 0 AND n_target > 0) AS nonempty"
         " FROM class_bif WHERE step = 30 GROUP BY ALL ORDER BY analysis"
     ).rows()
     (own, on_ind, on_prob) = cls
     assert own[:2] == ("class_bif", "query") and own[3] == own[2] and own[4] == own[2] ** 2
     assert on_prob[:2] == ("classes_on_prob", "prob") and on_prob[2:5] == own[2:5] and on_prob[6] <= 1
     assert on_ind[:2] == ("classes_on_ind", "ind") and on_ind[3:6] == (1, own[2], ["ind"]) and on_ind[6] <= 1
-    assert all(r[7] == r[4] for r in cls)  # every value has its jackknife standard error
+    assert all(r[7] == r[8] for r in cls)  # every defined value has its jackknife standard error
+    assert on_prob[8] == on_prob[9] and on_ind[8] == on_ind[9]  # another target: no self-pairs; empty classes NULL
+    assert own[9] - own[2] <= own[8] <= own[9]  # own losses: also a one-token class's block with itself
 
     summary = con.sql(
         "SELECT s.step, s.observable, s.n_items, s.mean, s.mean_se, s.sd, a.m FROM observable_summary s JOIN"
