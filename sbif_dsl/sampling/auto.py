@@ -144,17 +144,19 @@ def initial_eps(gamma: float, max_pull: float) -> float:
     return cap if math.isfinite(cap) else 1e-4
 
 
-def _mean_acceptance(sampler: Sampler, eps: float) -> tuple[float, Tensor, Tensor | None]:
-    """One step of every chain at ε, scored as a MALA proposal: (mean α over chains, new w, new RMSProp V).
-    Diverged chains (non-finite α) count as α = 0, so a step size that blows chains up is pushed down."""
+def _mean_acceptance(sampler: Sampler, eps: float, cached: Point | None) -> tuple[float, Point, Tensor | None]:
+    """One step of every chain at ε, scored as a MALA proposal: (mean α over chains, the proposal with its
+    gradient and loss, new RMSProp V). cached: the chains' current point with its gradient, when known (full batch:
+    the last proposal's). Diverged chains (non-finite α) count as α = 0, so a step size that blows chains up is
+    pushed down."""
     ch = sampler.chains
     cfg = dataclasses.replace(ch.cfg, eps=eps)
     x, y, noise = ch.inputs(ch.w)
-    here = Point(ch.w, *ch.grad_and_loss(ch.w, x, y))
+    here = cached if cached is not None else Point(ch.w, *ch.grad_and_loss(ch.w, x, y))
     w_new, v = sgld_step(ch.w, here.grad, ch.w0, cfg, noise, ch.v)
     proposal = Point(w_new, *ch.grad_and_loss(w_new, x, y))
     alpha = acceptance(here, proposal, ch.w0, preconditioner(v, cfg), cfg)
-    return float(torch.nan_to_num(alpha, nan=0.0).mean()), w_new, v
+    return float(torch.nan_to_num(alpha, nan=0.0).mean()), proposal, v
 
 
 def _adapt_step_size(sampler: Sampler, policy: AutoConfig, clock: Progress, schedule: dict) -> None:
@@ -164,11 +166,13 @@ def _adapt_step_size(sampler: Sampler, policy: AutoConfig, clock: Progress, sche
     cap = max_eps(ch.cfg.gamma, policy.max_pull)
     eps = min(ch.cfg.eps, cap)
     mu = math.log(10 * eps)
-    h_bar, log_eps_bar, accepted = 0.0, math.log(eps), []
+    h_bar, log_eps_bar, accepted, cached = 0.0, math.log(eps), [], None
     for t in range(1, policy.adapt_steps + 1):
-        alpha, w_new, v = _mean_acceptance(sampler, eps)
-        if torch.isfinite(w_new).all():
-            ch.w, ch.v = w_new, v  # a step that blew a chain up is not taken: the chains stay where they were
+        alpha, proposal, v = _mean_acceptance(sampler, eps, cached)
+        cached = None
+        if torch.isfinite(proposal.w).all():
+            ch.w, ch.v = proposal.w, v  # a step that blew a chain up is not taken: the chains stay where they were
+            cached = proposal if ch.full_batch else None  # full batch: the next step's gradient is this one
         accepted.append(alpha)
         h_bar = (1 - 1 / (t + _DA_T0)) * h_bar + (policy.target_acceptance - alpha) / (t + _DA_T0)
         log_eps = min(mu - math.sqrt(t) / _DA_GAMMA * h_bar, math.log(cap))
