@@ -286,6 +286,7 @@ def series_rows(
             rhat_max, rhat_median = _num(np.nanmax(r)), _num(np.nanmedian(r))
     base = {"series": series, "observable": observable, "chains": c, "draws": d}
     bulk, tail = bulk_tail_ess(mean)
+    per_chain = [bulk_tail_ess(mean[k : k + 1]) for k in range(c)]  # (bulk, tail) of each chain alone
     rows = [
         {
             **base,
@@ -312,8 +313,8 @@ def series_rows(
                 "rhat": None,
                 "rhat_max": None,
                 "rhat_median": None,
-                "ess": _num(bulk_tail_ess(mean[k : k + 1])[0]),
-                "ess_tail": _num(bulk_tail_ess(mean[k : k + 1])[1]),
+                "ess": _num(per_chain[k][0]),
+                "ess_tail": _num(per_chain[k][1]),
                 "lag1_autocorr": _num(rho[k]),
                 "ess_ar1": _num(ess_ar1[k]),
                 "drift": _num(z[k]),
