@@ -303,3 +303,51 @@ def test_cli_and_api_end_to_end(ridge_run, tmp_path):
         with pytest.raises(sb.SpecError) as e:
             sb.load(spec, overrides=[override], cache=copy)
         assert any(message in p for p in e.value.problems), e.value.problems
+
+
+def test_lds_interval_with_chain_noise_covers_the_exact_datamodel():
+    """The LDS interval holds both sources of error (issue 24): on the ridge case, where both sides are exact, the
+    BIF is estimated from 4 chains × 30 exact posterior draws (independent Gaussian draws: the chain noise without
+    SGLD's) and 30 subsets drawn from a pool of 3000 retrains in closed form. The target is the exact BIF's LDS over
+    the whole pool. Over 400 repetitions the interval with the delete-one-chain jackknife covers it in ≥ 88%
+    (measured 0.91 here, 0.93 over 300 other seeds, at 95% nominal; the rest is the LDS's own attenuation by the
+    noise, which no symmetric widening removes), the bootstrap over subsets alone in ≤ 85% (measured 0.72 here,
+    0.78): the teeth. Deterministic (seeded)."""
+    from sbif_dsl.influence.lds import subset_predictions
+
+    x, y, xt, yt = _data()
+    rng = np.random.default_rng(0)
+    w0 = rng.normal(0, 0.1, D)
+    t, k, chains, draws, subsets, reps = 300, N // 2, 4, 30, 30, 400
+    w_star = _gd(x, y, w0, t)
+    cov_w = np.linalg.inv(NBETA / N * x.T @ x + GAMMA * np.eye(D))
+    mu = cov_w @ (NBETA / N * x.T @ y + GAMMA * w_star)
+    c = x @ cov_w @ xt.T
+    exact_bif = -(0.5 * c**2 + np.outer(x @ mu - y, xt @ mu - yt) * c)
+    pool = np.array([rng.permutation(N) < k for _ in range(3000)])
+    measured = np.array([0.5 * (yt - xt @ _gd(x[m], y[m], w0, t)) ** 2 for m in pool])
+    truth = lds(subset_predictions(exact_bif, pool, NBETA, k)[None], measured[None], 0, 0)["checkpoint"][0]
+    truth = truth["spearman"]["value"]
+    chol = np.linalg.cholesky(cov_w)
+
+    def neg_cov(a, b):  # -Cov over pooled draws, (chains, draws, n) x (chains, draws, q) -> (n, q)
+        a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+        return -((a - a.mean(0)).T @ (b - b.mean(0))) / (a.shape[0] - 1)
+
+    covered = {"both": 0, "bootstrap": 0}
+    for r in range(reps):
+        g = np.random.default_rng(100 + r)
+        pick = g.choice(len(pool), subsets, replace=False)
+        w = (mu + g.standard_normal((chains * draws, D)) @ chol.T).reshape(chains, draws, D)
+        ltr, lte = 0.5 * (y - w @ x.T) ** 2, 0.5 * (yt - w @ xt.T) ** 2  # (chains, draws, n | q)
+        pred = subset_predictions(neg_cov(ltr, lte), pool[pick], NBETA, k)[None]
+        drop = [np.delete(np.arange(chains), j) for j in range(chains)]
+        reps_pred = np.stack([subset_predictions(neg_cov(ltr[d], lte[d]), pool[pick], NBETA, k) for d in drop])
+        both = lds(pred, measured[pick][None], 100, r, [reps_pred])["checkpoint"][0]["spearman"]
+        boot = lds(pred, measured[pick][None], 100, r)["checkpoint"][0]["spearman"]
+        assert both["value"] == boot["value"] and both["se_chains"] > 0 and boot["se_chains"] is None
+        assert both["lo"] <= boot["lo"] and both["hi"] >= boot["hi"]
+        covered["both"] += both["lo"] <= truth <= both["hi"]
+        covered["bootstrap"] += boot["lo"] <= truth <= boot["hi"]
+    assert covered["both"] >= 0.88 * reps, covered
+    assert covered["bootstrap"] <= 0.85 * reps, covered

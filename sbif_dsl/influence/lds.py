@@ -73,7 +73,7 @@ def bootstrap_counts(m: int, resamples: int, seed: int) -> np.ndarray:
     """(resamples, m) multiplicities of m subsets drawn with replacement."""
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, m, size=(resamples, m))
-    return np.stack([np.bincount(r, minlength=m) for r in idx]).astype(np.float64)
+    return np.stack([np.bincount(r, minlength=m) for r in idx]).astype(np.float64) if resamples else np.empty((0, m))
 
 
 def _mean_over_targets(r: np.ndarray) -> np.ndarray:
@@ -83,32 +83,73 @@ def _mean_over_targets(r: np.ndarray) -> np.ndarray:
     return np.where(n > 0, np.where(ok, r, 0.0).sum(axis=1) / np.maximum(n, 1), np.nan)
 
 
-def _summary(point: float, boot: np.ndarray) -> dict:
+def _summary(point: float, boot: np.ndarray, chain_se: float | None = None, chain_df: int = 0) -> dict:
+    """{value, se, lo, hi, se_chains}: the bootstrap over subsets (percentile interval), widened by the chains' noise
+    where its jackknife SE is known: SE² = SE²_boot + SE²_chains, each side of the interval
+    √(side_boot² + (t·SE_chains)²) (the two sources are independent: the subsets drawn, the SGLD draws)."""
     good = boot[np.isfinite(boot)]
+    chain = chain_se if chain_se is not None and np.isfinite(chain_se) else None
     if not np.isfinite(point) or good.size < 2:
-        return {"value": None if not np.isfinite(point) else float(point), "se": None, "lo": None, "hi": None}
+        return {"value": None if not np.isfinite(point) else float(point), "se": None, "lo": None, "hi": None,
+                "se_chains": chain}  # fmt: skip
     lo, hi = np.quantile(good, [0.025, 0.975])
-    return {"value": float(point), "se": float(good.std(ddof=1)), "lo": float(lo), "hi": float(hi)}
+    se = float(good.std(ddof=1))
+    if chain is not None:
+        from .uncertainty import t975
+
+        half = t975(chain_df) * chain
+        lo = point - np.hypot(point - lo, half)
+        hi = point + np.hypot(hi - point, half)
+        se = float(np.hypot(se, chain))
+    return {"value": float(point), "se": se, "lo": float(max(lo, -1.0)), "hi": float(min(hi, 1.0)),
+            "se_chains": chain}  # fmt: skip
 
 
-def lds(pred: np.ndarray, measured: np.ndarray, resamples: int, seed: int) -> dict:
+def chain_jackknife_se(pred_reps: np.ndarray, measured: np.ndarray) -> tuple[dict, int]:
+    """The delete-one-chain jackknife SE of one checkpoint's LDS (Spearman and Pearson): pred_reps (G, subsets,
+    targets), the predictions from the BIF of all chains but chain g. Returns ({name: SE or NaN}, G − 1)."""
+    g = pred_reps.shape[0]
+    ones = np.ones((1, pred_reps.shape[1]))
+    reps = {"spearman": [], "pearson": []}
+    for r in pred_reps:
+        sp, pe = per_target(r, measured, ones)
+        reps["spearman"].append(_mean_over_targets(sp)[0])
+        reps["pearson"].append(_mean_over_targets(pe)[0])
+    out = {}
+    for name, v in reps.items():
+        v = np.asarray(v)
+        out[name] = float(np.sqrt((g - 1) / g * ((v - v.mean()) ** 2).sum())) if g > 1 and np.isfinite(v).all() \
+            else np.nan  # fmt: skip
+    return out, g - 1
+
+
+def lds(pred: np.ndarray, measured: np.ndarray, resamples: int, seed: int, chain_preds: list | None = None) -> dict:
     """LDS per checkpoint and overall. pred, measured: (checkpoints, subsets, targets).
 
-    Returns {"checkpoint": [per checkpoint {spearman, pearson: {value, se, lo, hi}, n_targets}], "overall": ...,
+    chain_preds: per checkpoint, the (chains, subsets, targets) predictions of the delete-one-chain BIFs (or None):
+    their jackknife adds the BIF's own Monte Carlo noise to every SE and interval (`_summary`). Returns
+    {"checkpoint": [per checkpoint {spearman, pearson: {value, se, lo, hi, se_chains}, n_targets}], "overall": ...,
     "per_target": (spearman, pearson) (checkpoints, targets)}. Overall = the mean over checkpoints of the
-    per-checkpoint LDS (those where it is defined), bootstrapped with the same resampled subsets."""
+    per-checkpoint LDS (those where it is defined), bootstrapped with the same resampled subsets; its chain SE is
+    √(Σ SE²_c)/K (checkpoints sample independent chains)."""
     k, m, _ = pred.shape
     counts = np.vstack([np.ones((1, m)), bootstrap_counts(m, resamples, seed)])  # row 0: the sample itself
     rows, boots, targets = [], {"spearman": [], "pearson": []}, ([], [])
+    chain_var = {"spearman": [], "pearson": []}
+    df = 0
     for c in range(k):
         sp, pe = per_target(pred[c], measured[c], counts)  # (1 + B, q)
         targets[0].append(sp[0])
         targets[1].append(pe[0])
         row = {"n_targets": int(np.isfinite(sp[0]).sum())}
+        chain_se = {"spearman": None, "pearson": None}
+        if chain_preds is not None and chain_preds[c] is not None:
+            chain_se, df = chain_jackknife_se(chain_preds[c], measured[c])
         for name, r in (("spearman", sp), ("pearson", pe)):
             mean = _mean_over_targets(r)  # (1 + B,)
             boots[name].append(mean)
-            row[name] = _summary(mean[0], mean[1:])
+            row[name] = _summary(mean[0], mean[1:], chain_se[name], df)
+            chain_var[name].append(np.nan if chain_se[name] is None else chain_se[name] ** 2)
         rows.append(row)
     overall = {"n_targets": int(max((r["n_targets"] for r in rows), default=0))}
     for name, per in boots.items():
@@ -117,5 +158,7 @@ def lds(pred: np.ndarray, measured: np.ndarray, resamples: int, seed: int) -> di
         with warnings.catch_warnings():  # a resample may leave every checkpoint undefined: NaN, said below
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(stack[ok], axis=0) if ok.any() else np.full(1 + resamples, np.nan)
-        overall[name] = _summary(mean[0], mean[1:])
+        var = np.asarray(chain_var[name])[ok] if per else np.array([])
+        chain_se = float(np.sqrt(var.sum()) / var.size) if var.size and np.isfinite(var).all() else None
+        overall[name] = _summary(mean[0], mean[1:], chain_se, df)
     return {"checkpoint": rows, "overall": overall, "per_target": (np.array(targets[0]), np.array(targets[1]))}

@@ -7,7 +7,11 @@ l_j(S_m) at each checkpoint. S_m is a function of (study seed, the analysis' `se
 key holds no subset count, so raising `subsets` from 50 to 100 trains only subsets 50..99 and a killed run keeps
 every committed subset. `lds` (one per analysis): predicts each subset's loss change from the BIF at every
 checkpoint (`influence/lds.py`: g_j(S) = (nβ/k)·Σ_{i∈S} BIF_ij − (nβ/n)·Σ_i BIF_ij) and scores it by Spearman
-(the LDS) and Pearson over subsets, mean over targets, with a bootstrap interval over subsets.
+(the LDS) and Pearson over subsets, mean over targets. Its interval holds both sources of error: the subsets drawn
+(a bootstrap over subsets) and the BIF's own Monte Carlo noise (the delete-one-chain jackknife of the LDS: each
+checkpoint's BIF recomputed from its traces without chain g, the same estimator as the `bif` stage), added in
+quadrature (`influence.lds`). Chain noise also lowers the LDS itself (noisier predictions correlate less):
+`spearman_se_chains` says how large it is against the bootstrap's share.
 
 What "training on S" is (`normalization`):
 - `subset` (default): the mean loss over S, (1/k)·Σ_{i∈S} l_i, k = |S|: the subset as a data set of its own, as
@@ -32,6 +36,7 @@ from .kind import AnalysisKind, Kind, Table, View
 from .loo import retrain_losses
 
 STAT_COLUMNS = ("spearman", "pearson")
+PARTS = (("value", ""), ("se", "_se"), ("lo", "_lo"), ("hi", "_hi"), ("se_chains", "_se_chains"))  # -> columns
 
 
 class LdsAnalysis(Base):
@@ -124,11 +129,13 @@ def build(rt, analysis, index: int, plan) -> list[Stage]:
             "n_train": n,
             "bif_steps": [s.step for s in bifs],
             "nbeta": [samples[s.meta.parent].params["sampler"]["nbeta"] for s in bifs],
+            "bif_source": bif_spec.source,
+            "bif_target": bif_spec.target or bif_spec.source,
             "steps": steps,
             "subsets": list(range(analysis.subsets)),
             "target_names": list(rt.dataset.sets()[target_set].names),
         },
-        inputs=(*(s.key for s in bifs), *(s.key for s in subsets)),
+        inputs=(*(s.key for s in bifs), *(s.key for s in subsets), *(s.inputs[0] for s in bifs)),  # + their samples
         meta=StageMeta(analysis=name, label=f"{name}: {analysis.bif} vs {analysis.subsets} retrained subsets"),
     )
     return [*subsets, stats]
@@ -206,7 +213,8 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
 
     p = stage.params
     nb, n = len(p["bif_steps"]), p["n_train"]
-    subset_keys = stage.inputs[nb:]
+    subset_keys = stage.inputs[nb : nb + len(p["subsets"])]
+    sample_keys = stage.inputs[nb + len(p["subsets"]) :]
     masks = np.stack([np.load(inputs.file(k, "members.npy")) for k in subset_keys])  # (subsets, n)
     measured = np.stack([np.load(inputs.file(k, "losses.npy")) for k in subset_keys])  # (subsets, steps, q)
     at = {s: c for c, s in enumerate(p["steps"])}
@@ -220,8 +228,13 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         ]
     )  # (checkpoints, subsets, q)
     meas = np.stack([measured[:, at[s], :] for s in steps])  # (checkpoints, subsets, q)
+    chain_preds = [
+        subset_predictions_without_each_chain(inputs, key, p, masks, nbeta, divisor)
+        for step, key, nbeta in zip(p["bif_steps"], sample_keys, p["nbeta"], strict=True)
+        if step in at
+    ]  # per checkpoint (chains, subsets, q), or None for a single chain
     seed = derive_seed(p["seed"], "lds-bootstrap")
-    res = lds(pred, meas, p["bootstrap"], seed)
+    res = lds(pred, meas, p["bootstrap"], seed, chain_preds)
     names, q, m = p["target_names"], meas.shape[2], meas.shape[1]
     stats: dict[str, list] = {"scope": [], "step": [], "n_subsets": [], "n_targets": []}
     for scope, step, row in [("checkpoint", s, r) for s, r in zip(steps, res["checkpoint"])] + [
@@ -232,7 +245,7 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
         stats["n_subsets"].append(m)
         stats["n_targets"].append(row["n_targets"])
         for col in STAT_COLUMNS:
-            for part, suffix in (("value", ""), ("se", "_se"), ("lo", "_lo"), ("hi", "_hi")):
+            for part, suffix in PARTS:
                 stats.setdefault(col + suffix, []).append(row[col][part])
     k = len(stats["scope"])
     sp, pe = res["per_target"]  # (checkpoints, q)
@@ -259,6 +272,29 @@ def run(stage: Stage, inputs: Inputs, rt, out_dir: Path, progress=None) -> Stage
     )
 
 
+def subset_predictions_without_each_chain(inputs: Inputs, sample_key: str, p: dict, masks, nbeta: float, divisor):
+    """(chains, subsets, q): the subset predictions of the BIF of all chains but chain g, for each g (the `bif`
+    stage's estimator on its sample stage's traces); None where there is one chain (no jackknife)."""
+    import numpy as np
+
+    from ..influence import bif_matrices
+    from ..influence.lds import subset_predictions
+    from .traces import per_sample, read_traces
+
+    traces = read_traces(inputs, sample_key)
+    source, target = per_sample(traces[p["bif_source"]]), per_sample(traces[p["bif_target"]])
+    chains = source.shape[0]
+    if chains < 2:
+        return None
+    which = 0 if p["value"] == "bif_cov" else 1
+    out = []
+    for g in range(chains):
+        keep = [c for c in range(chains) if c != g]
+        tau = bif_matrices(source[keep], target[keep])[which].numpy()
+        out.append(subset_predictions(tau, masks, nbeta, divisor))
+    return np.stack(out)
+
+
 SUBSET = Kind(
     name="lds_subset",
     version=1,
@@ -276,7 +312,8 @@ _BIF_NAME = "LEFT JOIN study_scope bn ON bn.study = ss.study AND bn.key = l.bif_
 
 KIND = AnalysisKind(
     name="lds",
-    version=1,
+    # 2: the interval includes the BIF's chain noise (delete-one-chain jackknife; the sample stages are inputs)
+    version=2,
     run="sbif_dsl.stages.lds:run",
     spec=LdsAnalysis,
     attach="study",
@@ -289,6 +326,8 @@ KIND = AnalysisKind(
             "r_lds",
             "scope VARCHAR, step BIGINT, n_subsets INTEGER, n_targets INTEGER, "
             + ", ".join(f"{c} DOUBLE, {c}_se DOUBLE, {c}_lo DOUBLE, {c}_hi DOUBLE" for c in STAT_COLUMNS)
+            + ", "
+            + ", ".join(f"{c}_se_chains DOUBLE" for c in STAT_COLUMNS)
             + ", value VARCHAR, bif_key VARCHAR",
         ),
         Table("r_lds_targets", "step BIGINT, target_idx INTEGER, target VARCHAR, spearman DOUBLE, pearson DOUBLE"),
@@ -303,11 +342,12 @@ KIND = AnalysisKind(
             f"""
         SELECT ss.study, ss.analysis, bn.analysis AS bif_analysis, l.value AS bif_value, l.scope, l.step,
                l.n_subsets, l.n_targets, l.spearman, l.spearman_se, l.spearman_lo, l.spearman_hi,
-               l.pearson, l.pearson_se, l.pearson_lo, l.pearson_hi
+               l.pearson, l.pearson_se, l.pearson_lo, l.pearson_hi, l.spearman_se_chains, l.pearson_se_chains
         FROM {{scope}} JOIN r_lds l ON l.key = sr.key {_BIF_NAME}""",
             "linear datamodeling score: Spearman (the LDS) and Pearson over retrained subsets between BIF-predicted "
             "and measured target losses, mean over targets, per checkpoint (scope 'checkpoint') and the mean over "
-            "checkpoints (scope 'overall', step NULL); _se/_lo/_hi: bootstrap over subsets (95% percentile interval)",
+            "checkpoints (scope 'overall', step NULL); _se/_lo/_hi: the bootstrap over subsets (95% percentile "
+            "interval) widened by the BIF's chain noise, _se_chains (delete-one-chain jackknife; NULL with one chain)",
         ),
         View(
             "lds_subsets",
