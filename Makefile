@@ -22,8 +22,10 @@ demo: setup
 	$(BIN)/sbif run specs/toy_hierarchy.yaml
 	$(BIN)/sbif report specs/toy_hierarchy.yaml -o reports/toy_hierarchy.html
 
+# Two xdist workers on this 2-core machine, whole files per worker (module fixtures built once); each worker gets
+# its share of torch threads (tests/conftest.py) and the demo study is run once for both.
 test: setup browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 lint: setup
 	$(BIN)/ruff check sbif_dsl tests benchmarks

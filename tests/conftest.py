@@ -71,11 +71,37 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist each worker gets its share of the cores for torch's intra-op threads: two workers of
+    two threads each on two cores oversubscribe, and a test that trains (the induction heads) runs 3x slower."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # for the subprocesses a test starts
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
-def demo_cache(tmp_path_factory) -> Path:
-    """The demo study (specs/toy_hierarchy.yaml as shipped), run once per session: read it, or `copy_cache` it."""
-    cache = tmp_path_factory.mktemp("demo") / "sbif.duckdb"
-    sbif("run", str(DEMO_SPEC), "-q", cache=cache)
+def demo_cache(tmp_path_factory, worker_id) -> Path:
+    """The demo study (specs/toy_hierarchy.yaml as shipped), run once per session: read it, or `copy_cache` it.
+
+    Under pytest-xdist the first worker to need it runs it, under a file lock in the folder all workers share;
+    the others wait and read the same closed cache (a `done` marker, written last, says it is complete)."""
+    if worker_id == "master":
+        cache = tmp_path_factory.mktemp("demo") / "sbif.duckdb"
+        sbif("run", str(DEMO_SPEC), "-q", cache=cache)
+        return cache
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent / "demo-shared"
+    shared.mkdir(exist_ok=True)
+    cache, done = shared / "sbif.duckdb", shared / "done"
+    with FileLock(str(shared / "lock")):
+        if not done.exists():
+            sbif("run", str(DEMO_SPEC), "-q", cache=cache)
+            done.touch()
     return cache
 
 

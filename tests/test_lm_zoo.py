@@ -307,8 +307,16 @@ def test_untrained_model_has_no_induction():
 # --- the key experiment: induction heads form on the synthetic language ----------------------------
 
 
-def train_induction_model(steps: int = 3000, every: int = 250, seed: int = 0, context: int = 64) -> list[dict]:
-    """Train a 2-layer attention-only transformer on the synthetic language and log the induction score.
+def induction_formed(row: dict) -> bool:
+    """Induction heads have formed: a high score and the repeated span predicted at least twice as well."""
+    return row["score"] > 0.5 and row["span_second_loss"] < 0.5 * row["span_first_loss"]
+
+
+def train_induction_model(
+    steps: int = 3000, every: int = 250, seed: int = 0, context: int = 64, stop_when=None
+) -> list[dict]:
+    """Train a 2-layer attention-only transformer on the synthetic language and log the induction score
+    (stopping at the first logged row where `stop_when(row)` holds, when given).
 
     Recommended study settings: byte tokens, context 64, d_model 64, 4 heads, shortformer
     positions, LayerNorm, AdamW lr 1e-3 (no weight decay), batch 32.
@@ -342,7 +350,7 @@ def train_induction_model(steps: int = 3000, every: int = 250, seed: int = 0, co
                     "score": score["score"],
                 }
             )
-        if step == steps:
+        if step == steps or (stop_when is not None and stop_when(log[-1])):
             break
         x = x_train[torch.randint(0, x_train.shape[0], (32,), generator=g)]  # (32, T)
         loss = next_token_loss(model(x), x).mean()
@@ -354,11 +362,12 @@ def train_induction_model(steps: int = 3000, every: int = 250, seed: int = 0, co
 
 @pytest.mark.slow
 def test_induction_heads_form_on_the_synthetic_language():
-    log = train_induction_model()
+    """Measured (seed 0): score 0.02-0.07 up to step 2000, 0.39 at 2250, 0.57 at 2500 (where it stops), 0.68 at
+    3000. A model that never forms them trains all 3000 steps and fails the last assertion."""
+    log = train_induction_model(stop_when=induction_formed)
     for row in log:
         print(row)
     assert log[0]["score"] < 0.2
-    assert log[-1]["score"] > 0.5
-    assert log[-1]["span_second_loss"] < 0.5 * log[-1]["span_first_loss"]
+    assert induction_formed(log[-1])
     jump = next(r["step"] for r in log if r["score"] > 0.3)
     assert 500 <= jump <= 3000  # a stage after a plateau, not from the start
